@@ -1,0 +1,24 @@
+"""avharness: adversarial robustness of audio, video and audio-visual classifiers.
+
+The core knows no concrete dataset, model, attack, defense or metric: those are plugins found
+through entry points in group ``avharness`` (the built-ins included).
+"""
+
+__version__ = "0.1.0"
+
+from .contracts import Attack, Defense, Evidence, FitContext, Metric
+from .data import Batch, Dataset, InputSpec
+from .errors import NumericalError, UserError
+from .hookspecs import hookimpl
+from .model import AVModel, create_model, load_model, model_spec, save_model
+from .plugins import get_registry
+from .seeding import SampleRNG, derive_seed, generator, seed_everything
+from .task import Task
+from .threat import Budget, ThreatModel
+
+__all__ = [
+    "Attack", "AVModel", "Batch", "Budget", "Dataset", "Defense", "Evidence", "FitContext",
+    "InputSpec", "Metric", "NumericalError", "SampleRNG", "Task", "ThreatModel", "UserError",
+    "create_model", "derive_seed", "generator", "get_registry", "hookimpl", "load_model",
+    "model_spec", "save_model", "seed_everything",
+]

@@ -1,0 +1,89 @@
+"""What attack, defense and metric plugins return from their factories.
+
+Factories are plain callables registered under a name; their keyword arguments are the plugin's
+parameters in a suite (the suite loader checks names and simple types against the signature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+
+from .data import Dataset
+from .model import AVModel
+from .seeding import SampleRNG
+from .task import Task
+from .threat import ThreatModel
+
+
+@runtime_checkable
+class Attack(Protocol):
+    def perturb(
+        self,
+        model: AVModel,
+        inputs: dict[str, torch.Tensor],
+        target: torch.Tensor,
+        threat: ThreatModel,
+        task: Task,
+        rng: SampleRNG,
+    ) -> dict[str, torch.Tensor]:
+        """Adversarial inputs for every modality (unattacked ones returned unchanged).
+
+        Must keep each attacked modality inside its budget and bounds, must not modify ``inputs``,
+        and must return ``inputs`` unchanged for eps = 0. The model is in eval mode.
+        """
+        ...
+
+
+@dataclass
+class FitContext:
+    """What the runner hands a defense: where to train, its seed and a progress reporter."""
+
+    device: torch.device
+    seed: int
+    #: progress(description, total) -> advance(n=1) callable
+    progress: Callable[[str, int], Callable[..., None]] = lambda desc, total: (lambda n=1: None)
+    log: Callable[[str], None] = lambda msg: None
+
+
+@runtime_checkable
+class Defense(Protocol):
+    def fit(self, model: AVModel, data: Dataset, ctx: FitContext) -> dict:
+        """Train ``model`` in place; return training facts (epochs, wall time, passes, losses)."""
+        ...
+
+
+@dataclass
+class Evidence:
+    """What a metric sees of one cell: per-sample tensors on the CPU, in the dataset's order.
+
+    ``perturbation[modality]`` holds per-sample ``linf``, ``l2`` (of the achieved perturbation) and
+    ``signal_l2`` (of the clean input), for the attacked modalities only.
+    """
+
+    task: Task
+    ids: list[str]
+    target: torch.Tensor
+    clean_logits: torch.Tensor
+    adv_logits: torch.Tensor
+    threat: ThreatModel
+    perturbation: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        return self.task.correct(self.clean_logits, self.target)
+
+    @property
+    def robust_correct(self) -> torch.Tensor:
+        # The clean input lies in every eps-ball, so a sample wrong when clean is not robust.
+        return self.clean_correct & self.task.correct(self.adv_logits, self.target)
+
+
+@runtime_checkable
+class Metric(Protocol):
+    #: metric value name -> True when higher is better
+    higher_is_better: dict[str, bool]
+
+    def compute(self, ev: Evidence) -> dict[str, float]: ...

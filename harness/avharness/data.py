@@ -1,0 +1,71 @@
+"""Inputs: per-modality specs, batches, and the dataset contract plugins implement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+
+from .task import Task
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One modality's per-sample shape, valid range and units."""
+
+    shape: tuple[int, ...]
+    bounds: tuple[float, float]
+    units: str = "feature"
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "bounds": list(self.bounds), "units": self.units}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(tuple(d["shape"]), (float(d["bounds"][0]), float(d["bounds"][1])), d.get("units", "feature"))
+
+
+@dataclass
+class Batch:
+    """Inputs keyed by modality, targets, and stable sample ids (one per row)."""
+
+    inputs: dict[str, torch.Tensor]
+    target: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
+
+    def to(self, device) -> "Batch":
+        return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.target.to(device), self.ids)
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What a dataset plugin's factory returns.
+
+    Constructing the object must be cheap (``task`` and ``specs`` known without building data), so
+    that ``avharness validate`` can check a suite without touching disk-heavy work.
+    """
+
+    task: Task
+    specs: dict[str, InputSpec]
+
+    def splits(self) -> tuple[str, ...]: ...
+
+    def size(self, split: str) -> int: ...
+
+    def batches(
+        self, split: str, batch_size: int, *, shuffle: torch.Generator | None = None, limit: int | None = None
+    ) -> Iterator[Batch]:
+        """Batches in a fixed order (or shuffled by ``shuffle``); ``limit`` keeps the first N samples."""
+        ...
+
+    def manifest(self, split: str) -> str:
+        """A sha256 over the split's sample ids and contents: changes whenever the data changes."""
+        ...
+
+    def info(self) -> dict:
+        """Provenance recorded in the report (feature parameters, normalisation statistics, ...)."""
+        ...

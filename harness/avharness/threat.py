@@ -1,0 +1,68 @@
+"""Threat models: per-modality budgets, projection onto each ball and clipping to the valid range."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NORMS = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class Budget:
+    norm: str
+    eps: float
+    bounds: tuple[float, float]
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if not self.eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Nearest point of the eps-ball around ``x`` (per sample), then clipped to ``bounds``.
+
+        Clipping after projection cannot break the budget: ``x`` lies inside ``bounds``, so clipping
+        only moves a coordinate towards ``x``.
+        """
+        if self.eps == 0:
+            return x.clone()
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+            factor = (self.eps / norms).clamp(max=1.0)
+            delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+        return (x + delta).clamp(self.bounds[0], self.bounds[1])
+
+    def canonical(self) -> str:
+        return f"{self.norm}:{self.eps:g}:[{self.bounds[0]:g},{self.bounds[1]:g}]"
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Which modalities an attack may touch, each with its budget. Others stay bit-identical."""
+
+    name: str
+    budgets: dict[str, Budget]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(sorted(self.budgets))
+
+    def project(self, adv: dict[str, torch.Tensor], clean: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Project every attacked modality; unattacked ones are returned as the clean tensors."""
+        return {m: (self.budgets[m].project(adv[m], x) if m in self.budgets else x) for m, x in clean.items()}
+
+    def canonical(self) -> str:
+        return "|".join(f"{m}:{self.budgets[m].canonical()}" for m in self.modalities)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "budgets": {m: {"norm": b.norm, "eps": b.eps, "bounds": list(b.bounds)} for m, b in self.budgets.items()},
+            "canonical": self.canonical(),
+        }
