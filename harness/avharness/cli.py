@@ -1,0 +1,131 @@
+"""The ``avharness`` command: run, validate, list, check.
+
+User errors print one line and exit 2; an interrupted run keeps its finished cells and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+EXIT_USER = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avharness", description="Adversarial robustness of audio, video and audio-visual models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a suite and write its report")
+    r.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
+    r.add_argument("-o", "--output", help="output folder (default: reports/<suite name>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a suite value, e.g. --set eval.limit=100 or --set defenses.0.epochs=2")
+    r.add_argument("--limit", type=int, help="evaluate only the first N samples (testing only; recorded in the report)")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the suite's device")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+
+    v = sub.add_parser("validate", help="check a suite without running it")
+    v.add_argument("suite")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    ls = sub.add_parser("list", help="list installed plugins with their distribution")
+    ls.add_argument("kind", nargs="?", choices=["dataset", "model", "attack", "defense", "metric"])
+
+    c = sub.add_parser("check", help="compare a report with a baseline; exit 1 when a metric moved")
+    c.add_argument("report", help="report.json (or its folder)")
+    c.add_argument("--baseline", required=True, help="baseline report.json")
+    c.add_argument("--tolerance", type=float, default=0.0, help="allowed absolute change per metric (default 0)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check}[args.command](args)
+    except UserError as exc:
+        print(f"avharness: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("avharness: interrupted; finished cells and checkpoints are kept in the store — "
+              "run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def cmd_run(args) -> int:
+    from .progress import Reporter
+    from .report import write_report
+    from .runner import run_suite
+    from .store import ensure_writable
+    from .suite import load_suite
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    suite = load_suite(args.suite, args.overrides)
+    out = Path(args.output) if args.output else Path("reports") / suite.name
+    ensure_writable(out)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    reporter = Reporter(enabled=not args.quiet)
+    with reporter:
+        res = run_suite(suite, out, device=args.device, limit=args.limit, reporter=reporter)
+        t = time.perf_counter()
+        report = write_report(res, out, started)
+    report_s = time.perf_counter() - t
+    reused = sum(c["reused"] for c in report["cells"])
+    print(f"wrote {out / 'report.json'} and {out / 'report.md'}: {len(report['cells'])} cells "
+          f"({reused} reused), {report['stages']['total_s'] + report_s:.1f}s")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .plugins import get_registry
+    from .suite import check_plugins, load_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    check_plugins(suite, get_registry())
+    n_eps = sum(t.steps for t in suite.threats)
+    print(f"{args.suite}: valid — {len(suite.models)} models × {len(suite.defenses)} defenses × "
+          f"{len(suite.attacks)} attacks × {n_eps} threat budgets (before skipping threats a model cannot take)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .plugins import KINDS, get_registry
+
+    reg = get_registry()
+    table = Table("kind", "name", "distribution", "version", "module")
+    for kind in [args.kind] if args.kind else KINDS:
+        for name in reg.names(kind):
+            e = reg.entries[kind][name]
+            table.add_row(kind, name, e.dist, e.version, e.module)
+    for (kind, name), entries in reg.conflicts.items():
+        table.add_row(kind, name, " & ".join(e.dist for e in entries), "", "CONFLICT: registered twice")
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    return 0  # plugins that failed to load were already reported on stderr by get_registry
+
+
+def cmd_check(args) -> int:
+    from .compare import compare, read_report
+
+    if args.tolerance < 0:
+        raise UserError("--tolerance must be >= 0")
+    problems = compare(read_report(args.report), read_report(args.baseline), args.tolerance)
+    if problems:
+        print(f"{len(problems)} differences beyond tolerance {args.tolerance:g}:")
+        for line in problems:
+            print(f"  {line}")
+        return 1
+    print(f"{args.report}: every metric within {args.tolerance:g} of {args.baseline}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""``avharness check``: compare a report with a baseline report, cell by cell and metric by metric."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .errors import UserError
+
+
+def read_report(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: report not found; run a suite first (it writes report.json in its output folder)")
+    if path.is_dir():
+        path = path / "report.json"
+        if not path.exists():
+            raise UserError(f"{path}: no report.json in this folder")
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable JSON report ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != "avharness/report@1":
+        raise UserError(f"{path}: not an avharness report (expected schema 'avharness/report@1')")
+    return report
+
+
+def _values(cell: dict) -> dict[str, float]:
+    vals = {"clean_accuracy": cell["clean_accuracy"], "robust_accuracy": cell["robust_accuracy"]}
+    vals.update(cell.get("metrics", {}))
+    return vals
+
+
+def compare(report: dict, baseline: dict, tolerance: float = 0.0) -> list[str]:
+    """Lines describing every difference beyond ``tolerance`` (absolute); empty when they agree."""
+    rs, bs = report["suite"], baseline["suite"]
+    if (rs["name"], rs["version"]) != (bs["name"], bs["version"]):
+        raise UserError(f"the report is suite {rs['name']!r} v{rs['version']} but the baseline is "
+                        f"{bs['name']!r} v{bs['version']}: they are not comparable")
+    problems = []
+    ours = {c["id"]: c for c in report["cells"]}
+    theirs = {c["id"]: c for c in baseline["cells"]}
+    for cid in theirs.keys() - ours.keys():
+        problems.append(f"{cid}: in the baseline but missing from the report")
+    for cid in sorted(ours.keys() & theirs.keys()):
+        a, b = _values(ours[cid]), _values(theirs[cid])
+        if ours[cid]["canonical"] != theirs[cid]["canonical"]:
+            problems.append(f"{cid}: threat differs ({ours[cid]['canonical']} vs baseline {theirs[cid]['canonical']})")
+            continue
+        for k in sorted(b):
+            if k not in a:
+                problems.append(f"{cid}: metric {k} missing from the report")
+                continue
+            x, y = a[k], b[k]
+            if (x != x) and (y != y):
+                continue
+            if not (math.isfinite(x) and math.isfinite(y)) or abs(x - y) > tolerance:
+                problems.append(f"{cid}: {k} {y:.6g} -> {x:.6g} (moved {x - y:+.6g}, tolerance {tolerance:g})")
+    return problems

@@ -1,0 +1,44 @@
+"""Progress bars (rich) and log lines, on stderr so stdout stays clean for scripts."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class Reporter:
+    def __init__(self, enabled: bool = True, console: Console | None = None):
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self.progress = None
+        if enabled:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=self.console, transient=True,
+            )
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def log(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(msg, highlight=False, markup=False)
+
+    def task(self, description: str, total: int):
+        """Start a bar; returns ``advance(n=1)``. The bar disappears when complete."""
+        if self.progress is None:
+            return lambda n=1: None
+        tid = self.progress.add_task(description, total=total)
+
+        def advance(n: int = 1):
+            self.progress.advance(tid, n)
+            if self.progress.tasks[self.progress.task_ids.index(tid)].finished:
+                self.progress.remove_task(tid)
+
+        return advance

@@ -1,0 +1,214 @@
+"""The report: ``report.json`` (schema ``avharness/report@1``), ``samples.jsonl`` and ``report.md``.
+
+Every number here is computed from the run's cells; none is typed in. The Markdown tables use the
+per-sample outcomes the core records (clean and robust correctness), so they do not depend on
+which metric plugins a suite lists.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .runner import RunResult
+from .store import atomic_write_json, atomic_write_text
+
+SCHEMA = "avharness/report@1"
+
+
+def cell_id(c: dict) -> str:
+    return f"{c['model']}/{c['defense']}/{c['attack']}/{c['threat']}/{c['step']}"
+
+
+def environment(device) -> dict:
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "avharness": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def build_report(res: RunResult, started: str) -> dict:
+    s = res.suite
+    ds = res.dataset
+    cells = []
+    for c in res.cells:
+        acc = _accuracies(c)
+        cells.append({
+            "id": cell_id(c), "key": c["key"], "model": c["model"], "defense": c["defense"], "attack": c["attack"],
+            "threat": c["threat"], "step": c["step"], "eps": c["eps"], "norm": c["norm"], "canonical": c["canonical"],
+            "n": c["n"], "clean_accuracy": acc[0], "robust_accuracy": acc[1],
+            "metrics": c["metrics"], "higher_is_better": c["higher_is_better"],
+            "wall_s": c["wall_s"], "reused": c["reused"],
+        })
+    return {
+        "schema": SCHEMA,
+        "started": started,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "suite": {"name": s.name, "version": s.version, "path": s.path, "sha256": s.sha256, "config": s.resolved},
+        "seeds": {
+            "global": s.seed,
+            "derivation": "sha256 of (seed, purpose, ...): training per checkpoint key; attack random starts "
+                          "per (attack, threat, sample id, modality, restart)",
+        },
+        "environment": environment(res.device),
+        "plugins": res.registry.distributions(),
+        "plugin_failures": [{"entry_point": e, "dist": d, "error": err} for e, d, err in res.registry.failures],
+        "data": {
+            "plugin": s.data.plugin, "params": s.data.params, "task": ds.task.to_dict(),
+            "specs": {m: sp.to_dict() for m, sp in ds.specs.items()},
+            "splits": {sp: {"n": ds.size(sp), "manifest_sha256": res.manifests[sp]} for sp in ds.splits()},
+            "manifest_sha256": res.manifests[s.eval_split],
+            "eval": {"split": s.eval_split, "n_original": res.eval_n_original, "n_effective": res.eval_n},
+            "info": ds.info(),
+        },
+        "models": [
+            {
+                "name": t.spec.name, "plugin": t.spec.plugin, "params": t.spec.params, "defense": t.defense.name,
+                "modalities": list(t.model.modalities), "n_parameters": sum(p.numel() for p in t.model.parameters()),
+                "checkpoint": str(t.folder), "key": t.key, "reused": t.reused, "fit": t.fit,
+            }
+            for t in res.trained
+        ],
+        "skipped": res.skipped,
+        "cells": cells,
+        "per_sample": "samples.jsonl",
+        "stages": res.stages,
+    }
+
+
+def _accuracies(c: dict) -> tuple[float, float]:
+    n = max(len(c["samples"]), 1)
+    return (sum(x["clean_correct"] for x in c["samples"]) / n, sum(x["robust"] for x in c["samples"]) / n)
+
+
+def write_report(res: RunResult, out_dir: str | Path, started: str, extra_stages: dict | None = None) -> dict:
+    out_dir = Path(out_dir)
+    report = build_report(res, started)
+    if extra_stages:
+        report["stages"].update(extra_stages)
+    lines = []
+    for c in res.cells:
+        for x in c["samples"]:
+            lines.append(json.dumps({"cell": cell_id(c), **x}))
+    atomic_write_text(out_dir / "samples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    atomic_write_json(out_dir / "report.json", report)  # last: its presence means the report is whole
+    return report
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+def _pct(x) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def _eps_label(cell: dict) -> str:
+    return ", ".join(f"{m} {cell['norm'][m]} {cell['eps'][m]:g}" for m in sorted(cell["eps"]))
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def render_markdown(r: dict) -> str:
+    s = r["suite"]
+    env = r["environment"]
+    data = r["data"]
+    md = [
+        f"# avharness report: {s['name']} (suite v{s['version']})",
+        "",
+        f"- seed {r['seeds']['global']}; suite sha256 `{s['sha256'][:16]}`; data manifest `{data['manifest_sha256'][:16]}`",
+        f"- data `{data['plugin']}`, {data['task']['kind']} with {len(data['task']['classes'])} classes; "
+        f"evaluated on split `{data['eval']['split']}`: {data['eval']['n_effective']} of {data['eval']['n_original']} samples",
+        f"- avharness {env['avharness']}, Python {env['python']}, torch {env['torch']}, device {env['device']}",
+        f"- finished {r['finished']}",
+        "",
+        "Robust accuracy counts a sample as robust only if it is classified correctly both clean and "
+        "under attack. Numbers are percentages.",
+        "",
+    ]
+    cells = r["cells"]
+    attacks = list(dict.fromkeys(c["attack"] for c in cells))
+    threats = list(dict.fromkeys(c["threat"] for c in cells))
+
+    md += ["## Clean vs robust accuracy, by model and threat", ""]
+    md += ["Robust accuracy at each threat's strongest budget, worst case over the suite's attacks.", ""]
+    rows = []
+    for m in r["models"]:
+        mine = [c for c in cells if c["model"] == m["name"] and c["defense"] == m["defense"]]
+        if not mine:
+            continue
+        clean = mine[0]["clean_accuracy"]
+        row = [m["name"], m["defense"], ", ".join(m["modalities"]), _pct(clean)]
+        for t in threats:
+            tc = [c for c in mine if c["threat"] == t]
+            if not tc:
+                row.append("n/a")
+                continue
+            top = max(c["step"] for c in tc)
+            row.append(_pct(min(c["robust_accuracy"] for c in tc if c["step"] == top)))
+        rows.append(row)
+    md += _table(["model", "defense", "reads", "clean"] + [f"{t}" for t in threats], rows) + [""]
+
+    for a in attacks:
+        for t in threats:
+            tc = [c for c in cells if c["attack"] == a and c["threat"] == t]
+            if not tc:
+                continue
+            steps = sorted({c["step"] for c in tc})
+            labels = {c["step"]: _eps_label(c) for c in tc}
+            md += [f"### {a} — threat {t}", ""]
+            rows = []
+            for m in dict.fromkeys((c["model"], c["defense"]) for c in tc):
+                mc = {c["step"]: c for c in tc if (c["model"], c["defense"]) == m}
+                rows.append([m[0], m[1], _pct(next(iter(mc.values()))["clean_accuracy"])]
+                            + [_pct(mc[st]["robust_accuracy"]) if st in mc else "–" for st in steps])
+            md += _table(["model", "defense", "clean"] + [labels[st] for st in steps], rows) + [""]
+
+    md += ["## Models", ""]
+    rows = []
+    for m in r["models"]:
+        fit = m["fit"]
+        rows.append([m["name"], m["plugin"], m["defense"], f"{m['n_parameters']:,}",
+                     f"{fit.get('wall_s', 0):.1f}", "yes" if m["reused"] else "no"])
+    md += _table(["model", "plugin", "defense", "parameters", "training s", "reused"], rows) + [""]
+
+    metric_names = list(dict.fromkeys(k for c in cells for k in c["metrics"]))
+    if cells:
+        md += ["## All cells", ""]
+        rows = [[c["model"], c["defense"], c["attack"], c["threat"], _eps_label(c)]
+                + [f"{c['metrics'][k]:.4g}" if k in c["metrics"] else "–" for k in metric_names]
+                + [f"{c['wall_s']:.2f}", "yes" if c["reused"] else "no"] for c in cells]
+        md += _table(["model", "defense", "attack", "threat", "budget"] + metric_names + ["s", "reused"], rows) + [""]
+
+    if r["skipped"]:
+        md += ["## Skipped", ""]
+        seen = set()
+        for sk in r["skipped"]:
+            k = (sk["model"], sk["threat"])
+            if k not in seen:
+                seen.add(k)
+                md.append(f"- {sk['model']} × {sk['threat']}: {sk['reason']}")
+        md.append("")
+
+    md += ["## Wall time per stage (s)", ""]
+    md += _table(list(r["stages"]), [[f"{v:.1f}" for v in r["stages"].values()]]) + [""]
+    return "\n".join(md)

@@ -1,0 +1,287 @@
+"""Running a suite: train or load each (model, defense), then attack it cell by cell.
+
+Finished checkpoints and cells go to the run's store as soon as they exist, keyed by hashes of
+everything that determines them, so a second run reuses them and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .contracts import Evidence, FitContext
+from .errors import NumericalError, UserError
+from .model import AVModel, load_model, model_spec, save_model
+from .plugins import Registry, get_registry
+from .progress import Reporter
+from .seeding import SampleRNG, derive_seed, seed_everything
+from .store import Store, atomic_write_json, ensure_writable
+from .suite import PluginSpec, Suite, _Where, build_component, check_plugins, sha256_json
+
+#: bump when the meaning of a stored cell or checkpoint changes, so old ones are not reused
+STORE_FORMAT = 1
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA device is available; use --device cpu (or auto)")
+    if requested not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    return torch.device(requested)
+
+
+@dataclass
+class Trained:
+    spec: PluginSpec
+    defense: PluginSpec
+    key: str
+    model: AVModel
+    fit: dict
+    reused: bool
+    folder: Path
+    clean_logits: torch.Tensor | None = None
+
+
+@dataclass
+class RunResult:
+    suite: Suite
+    registry: Registry
+    dataset: object
+    device: torch.device
+    eval_n: int
+    eval_n_original: int
+    manifests: dict
+    trained: list[Trained] = field(default_factory=list)
+    cells: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    stages: dict = field(default_factory=dict)
+
+
+class Stages:
+    """Wall time per stage (seconds), summed over repeated entries."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+
+
+def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limit: int | None = None,
+              reporter: Reporter | None = None, registry: Registry | None = None) -> RunResult:
+    reporter = reporter or Reporter(enabled=False)
+    stages = Stages()
+    started = time.perf_counter()
+    out_dir = ensure_writable(out_dir)
+    store = Store(out_dir / "store")
+    w = _Where(suite.path)
+
+    with stages("plugins"):
+        registry = registry or get_registry()
+        dataset = check_plugins(suite, registry)
+        dev = resolve_device(device or suite.device)
+        metrics = [(m, build_component(w, m, registry)) for m in suite.metrics]
+        attacks = [(a, build_component(w, a, registry)) for a in suite.attacks]
+        defenses = [(d, build_component(w, d, registry)) for d in suite.defenses]
+
+    with stages("data"):
+        if suite.eval_split not in dataset.splits():
+            raise w.error("eval.split", 0, f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
+        reporter.log(f"data: {suite.data.plugin} (building or loading its cache)")
+        manifests = {s: dataset.manifest(s) for s in dataset.splits()}
+        n_original = dataset.size(suite.eval_split)
+        limit = limit if limit is not None else suite.limit
+        eval_n = min(n_original, limit) if limit else n_original
+
+    result = RunResult(suite, registry, dataset, dev, eval_n, n_original, manifests)
+    data_id = {"data": suite.data.identity(), "manifests": manifests}
+    eval_id = {"split": suite.eval_split, "n": eval_n, "manifest": manifests[suite.eval_split]}
+
+    for mspec in suite.models:
+        for dspec, defense in defenses:
+            with stages("train"):
+                tr = _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, store, dev, reporter)
+            result.trained.append(tr)
+            for aspec, attack in attacks:
+                for tspec in suite.threats:
+                    missing = [m for m in tspec.modalities if m not in tr.model.modalities]
+                    if missing:
+                        result.skipped.append({
+                            "model": mspec.name, "defense": dspec.name, "attack": aspec.name, "threat": tspec.name,
+                            "reason": f"model reads {', '.join(tr.model.modalities)}; threat attacks {', '.join(missing)}",
+                        })
+                        continue
+                    for step in range(tspec.steps):
+                        threat = tspec.at(step, dataset.specs)
+                        key = sha256_json({
+                            "format": STORE_FORMAT, "train": tr.key, "attack": aspec.identity(),
+                            "threat": threat.canonical(), "eval": eval_id, "seed": suite.seed,
+                            "metrics": [m.identity() for m, _ in metrics],
+                        })[:20]
+                        cell = store.load_cell(key)
+                        if cell is not None:
+                            cell["reused"] = True
+                        else:
+                            if tr.clean_logits is None:
+                                with stages("clean"):
+                                    tr.clean_logits = _clean_pass(suite, dataset, tr, dev, eval_n)
+                            with stages("attack"):
+                                cell = _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics,
+                                                    dev, eval_n, reporter)
+                            cell["key"] = key
+                            store.save_cell(key, cell)
+                            cell["reused"] = False
+                        cell.update(model=mspec.name, defense=dspec.name, attack=aspec.name, threat=tspec.name)
+                        result.cells.append(cell)
+    stages.times["total"] = time.perf_counter() - started
+    result.stages = {f"{k}_s": round(v, 3) for k, v in stages.times.items()}
+    return result
+
+
+def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, store, dev, reporter) -> Trained:
+    identity = {"format": STORE_FORMAT, "model": mspec.identity(), "defense": dspec.identity(), "data": data_id,
+                "seed": suite.seed}
+    key = sha256_json(identity)[:20]
+    folder = store.model_dir(key)
+    label = f"{mspec.name} ({dspec.name})"
+    if store.has_model(key):
+        model = load_model(folder).to(dev).eval()
+        import json
+
+        fit = json.loads((folder / "fit.json").read_text())
+        reporter.log(f"model {label}: reusing checkpoint {folder}")
+        return Trained(mspec, dspec, key, model, fit, True, folder)
+
+    fit_seed = derive_seed(suite.seed, "fit", key)
+    seed_everything(fit_seed)
+    model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
+    if not isinstance(model, AVModel):
+        raise TypeError(f"model plugin {mspec.plugin!r} returned {type(model).__name__}, not an avharness.AVModel")
+    model.to(dev).train()
+    ctx = FitContext(device=dev, seed=fit_seed, progress=reporter.task, log=reporter.log)
+    t = time.perf_counter()
+    fit = dict(defense.fit(model, dataset, ctx) or {})
+    fit.setdefault("wall_s", round(time.perf_counter() - t, 3))
+    fit["defense"] = dspec.identity()
+    model.eval()
+    save_model(model, model_spec(mspec.plugin, mspec.params, dataset.task, dataset.specs), folder)
+    atomic_write_json(folder / "fit.json", fit)  # written last: marks the checkpoint complete
+    reporter.log(f"model {label}: trained in {fit['wall_s']:.1f}s")
+    return Trained(mspec, dspec, key, model, fit, False, folder)
+
+
+def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise NumericalError(f"{what} contain NaN or inf; check the model's inputs, weights and training loss")
+    return t
+
+
+@torch.no_grad()
+def _clean_pass(suite, dataset, tr: Trained, dev, n) -> torch.Tensor:
+    out = []
+    for batch in dataset.batches(suite.eval_split, suite.batch_size, limit=n):
+        batch = batch.to(dev)
+        out.append(tr.model(batch.inputs).float().cpu())
+    return _finite(torch.cat(out), f"clean logits of model {tr.spec.name!r}")
+
+
+def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics, dev, n, reporter) -> dict:
+    task = dataset.task
+    t0 = time.perf_counter()
+    ids, targets, adv_logits = [], [], []
+    stats = {m: {"linf": [], "l2": [], "signal_l2": []} for m in threat.modalities}
+    rng_key = f"{sha256_json(aspec.identity())[:12]}|{threat.canonical()}"
+    label = f"{aspec.name} {tspec.name} eps#{step} on {tr.spec.name}"
+    advance = reporter.task(label, (n + suite.batch_size - 1) // suite.batch_size)
+    for batch in dataset.batches(suite.eval_split, suite.batch_size, limit=n):
+        batch = batch.to(dev)
+        clean = {k: v for k, v in batch.inputs.items()}
+        snapshot = {k: v.clone() for k, v in clean.items()}
+        adv = attack.perturb(tr.model, clean, batch.target, threat, task, SampleRNG(suite.seed, rng_key, batch.ids))
+        _verify(aspec.name, threat, snapshot, clean, adv, tr.model.modalities)
+        with torch.no_grad():
+            logits = tr.model(adv).float().cpu()
+        adv_logits.append(logits)
+        ids.extend(batch.ids)
+        targets.append(batch.target.cpu())
+        for m in threat.modalities:
+            delta = (adv[m] - snapshot[m]).flatten(1).double()
+            stats[m]["linf"].append(delta.abs().amax(1).cpu())
+            stats[m]["l2"].append(delta.norm(dim=1).cpu())
+            stats[m]["signal_l2"].append(snapshot[m].flatten(1).double().norm(dim=1).cpu())
+        advance()
+    adv_logits = _finite(torch.cat(adv_logits), f"adversarial logits of model {tr.spec.name!r} under {label}")
+    ev = Evidence(
+        task=task, ids=ids, target=torch.cat(targets), clean_logits=tr.clean_logits, adv_logits=adv_logits,
+        threat=threat, perturbation={m: {k: torch.cat(v) for k, v in s.items()} for m, s in stats.items()},
+    )
+    values, directions = {}, {}
+    for mspec, metric in metrics:
+        values.update({k: float(v) for k, v in metric.compute(ev).items()})
+        directions.update(metric.higher_is_better)
+    clean_ok, robust_ok = ev.clean_correct, ev.robust_correct
+    clean_pred, adv_pred = task.predict(ev.clean_logits), task.predict(adv_logits)
+    samples = [
+        {
+            "id": sid,
+            "clean_pred": _pred(clean_pred[i]),
+            "adv_pred": _pred(adv_pred[i]),
+            "clean_correct": bool(clean_ok[i]),
+            "robust": bool(robust_ok[i]),
+            # an attack only "succeeds" on a sample the model got right to begin with
+            "success": (not bool(robust_ok[i])) if bool(clean_ok[i]) else None,
+        }
+        for i, sid in enumerate(ids)
+    ]
+    return {
+        "step": step,
+        "eps": {m: b.eps for m, b in threat.budgets.items()},
+        "norm": {m: b.norm for m, b in threat.budgets.items()},
+        "canonical": threat.canonical(),
+        "n": len(ids),
+        "metrics": values,
+        "higher_is_better": directions,
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "samples": samples,
+    }
+
+
+def _pred(p: torch.Tensor):
+    return int(p) if p.dim() == 0 else [int(i) for i in p.nonzero().flatten()]
+
+
+def _verify(attack: str, threat, snapshot, clean, adv, model_modalities) -> None:
+    """Refuse a result that breaks the threat model: a wrong robustness number is worse than none."""
+    for m, x in snapshot.items():
+        if not torch.equal(clean[m], x):
+            raise RuntimeError(f"attack {attack!r} modified its input tensor {m!r} in place (a plugin bug)")
+        if m not in adv or adv[m].shape != x.shape:
+            raise RuntimeError(f"attack {attack!r} returned no {m!r} input of shape {tuple(x.shape)} (a plugin bug)")
+        if m not in threat.budgets:
+            if not torch.equal(adv[m], x):
+                raise RuntimeError(f"attack {attack!r} changed modality {m!r}, which the threat does not allow (a plugin bug)")
+            continue
+        b = threat.budgets[m]
+        delta = (adv[m] - x).flatten(1).double()
+        size = delta.abs().amax(1) if b.norm == "linf" else delta.norm(dim=1)
+        slack = 1e-5 * max(b.eps, 1.0)
+        if b.eps == 0 and not torch.equal(adv[m], x) or (size > b.eps + slack).any():
+            raise RuntimeError(f"attack {attack!r} exceeded its {b.norm} budget {b.eps:g} on {m!r} "
+                               f"(max {float(size.max()):.6g}; a plugin bug)")
+        if (adv[m] < b.bounds[0]).any() or (adv[m] > b.bounds[1]).any():
+            raise RuntimeError(f"attack {attack!r} left the valid range {list(b.bounds)} of {m!r} (a plugin bug)")
+        if not torch.isfinite(adv[m]).all():
+            raise NumericalError(f"attack {attack!r} produced NaN/inf in {m!r}")

@@ -1,0 +1,440 @@
+"""Suites: strict validation of the YAML (every error names file, key path and line) and cells.
+
+A suite is expanded into cells, one per (model, defense, attack, threat, sweep step). Plugin
+parameters sit flat beside ``plugin:``; they are checked against the plugin factory's signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .plugins import Registry, unknown_message
+from .threat import NORMS, Budget, ThreatModel
+from .yamlload import LineDict, LineList, load_yaml, parse_yaml, plain
+
+SCHEMA = "avharness/suite@1"
+TOP_KEYS = {
+    "schema", "name", "version", "description", "seed", "device", "data", "eval",
+    "models", "defenses", "attacks", "threats", "metrics",
+}
+EVAL_KEYS = {"split": str, "batch_size": int, "limit": (int, type(None))}
+DEVICES = ("auto", "cpu", "cuda")
+#: parameters the harness passes to factories itself; a suite may not set them
+INJECTED = {"model": {"task", "specs"}, "dataset": set(), "attack": set(), "defense": set(), "metric": set()}
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    kind: str
+    name: str
+    plugin: str
+    params: dict
+    where: str  # "models[2]"
+    lines: dict = field(default_factory=dict, compare=False)  # key -> line (or "--set")
+
+    def identity(self) -> dict:
+        """What determines this component's behaviour (hashed into cache keys)."""
+        return {"plugin": self.plugin, "params": self.params}
+
+
+@dataclass(frozen=True)
+class ThreatSpec:
+    name: str
+    norms: dict[str, str]
+    eps: dict[str, list[float]]  # every list has length ``steps``
+    where: str
+    lines: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(sorted(self.norms))
+
+    @property
+    def steps(self) -> int:
+        return len(next(iter(self.eps.values())))
+
+    def at(self, step: int, specs) -> ThreatModel:
+        return ThreatModel(
+            self.name, {m: Budget(self.norms[m], self.eps[m][step], tuple(specs[m].bounds)) for m in self.norms}
+        )
+
+
+@dataclass
+class Suite:
+    path: str
+    name: str
+    version: int
+    seed: int
+    device: str
+    data: PluginSpec
+    eval_split: str
+    batch_size: int
+    limit: int | None
+    models: list[PluginSpec]
+    defenses: list[PluginSpec]
+    attacks: list[PluginSpec]
+    threats: list[ThreatSpec]
+    metrics: list[PluginSpec]
+    resolved: dict
+    raw: LineDict = field(repr=False, default=None)
+
+    @property
+    def sha256(self) -> str:
+        return sha256_json(self.resolved)
+
+
+def sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+class _Where:
+    """Formats 'file:line: key.path: message' for one suite."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def error(self, keypath: str, line, msg: str) -> UserError:
+        if isinstance(line, str):  # a value that came from --set
+            return UserError(f"{self.path} ({line}): {keypath}: {msg}")
+        loc = f"{self.path}:{line}" if line else self.path
+        return UserError(f"{loc}: {keypath}: {msg}" if keypath else f"{loc}: {msg}")
+
+
+def _line(container, key, default=0):
+    if isinstance(container, LineDict):
+        return container.key_lines.get(key, container.line or default)
+    if isinstance(container, LineList) and isinstance(key, int) and key < len(container.item_lines):
+        return container.item_lines[key]
+    return getattr(container, "line", default)
+
+
+def _typename(t) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(_typename(x) for x in t)
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def _is(value, t) -> bool:
+    if isinstance(t, tuple):
+        return any(_is(value, x) for x in t)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, t)
+
+
+def apply_overrides(raw, overrides: list[str]):
+    """Apply ``key.path=value`` strings (value parsed as YAML) to the loaded suite, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set eval.limit=100")
+        keypath, text = item.split("=", 1)
+        parts = [p for p in keypath.strip().split(".") if p]
+        if not parts:
+            raise UserError(f"--set {item!r}: empty key path")
+        value = parse_yaml(text, f"--set {keypath}")
+        node = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                    raise UserError(f"--set {keypath}: {where}: no list item {part!r} (the list has {len(node)} items)")
+                idx = int(part)
+                if last:
+                    node[idx] = value
+                    if isinstance(node, LineList):
+                        node.item_lines[idx] = f"--set {keypath}"
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                    if isinstance(node, LineDict):
+                        node.key_lines[part] = f"--set {keypath}"
+                else:
+                    if part not in node or node[part] is None:
+                        node[part] = LineDict()
+                    node = node[part]
+            else:
+                raise UserError(f"--set {keypath}: {where} is not a mapping or list, cannot set a key inside it")
+    return raw
+
+
+def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
+    """Load and structurally validate a suite (plugin names and params are checked by ``check_plugins``)."""
+    raw = load_yaml(path)
+    return build_suite(raw, str(path), overrides or [])
+
+
+def build_suite(raw, path: str, overrides: list[str]) -> Suite:
+    w = _Where(path)
+    if raw is None:
+        raise w.error("", 1, "the suite is empty; see suites/quickstart.yaml for the expected keys")
+    if not isinstance(raw, dict):
+        raise w.error("", _line(raw, 0, 1), f"the suite must be a mapping of keys, got {_typename(type(raw))}")
+    if overrides:
+        apply_overrides(raw, overrides)
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise w.error(str(key), _line(raw, key), f"unknown key{_suggest(key, TOP_KEYS)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+
+    def get(key, t, default=..., required=False):
+        if key not in raw or raw[key] is None and default is not ...:
+            if required or default is ...:
+                raise w.error(key, getattr(raw, "line", 1), f"missing required key {key!r}")
+            return default
+        value = raw[key]
+        if not _is(value, t):
+            raise w.error(key, _line(raw, key), f"expected {_typename(t)}, got {value!r}")
+        return value
+
+    schema = get("schema", str, SCHEMA)
+    if schema != SCHEMA:
+        raise w.error("schema", _line(raw, "schema"), f"unsupported schema {schema!r}; this avharness reads {SCHEMA!r}")
+    name = get("name", str, required=True)
+    version = get("version", int, 1)
+    seed = get("seed", int, 0)
+    get("description", str, "")
+    device = get("device", str, "auto")
+    if device not in DEVICES:
+        raise w.error("device", _line(raw, "device"), f"must be one of {', '.join(DEVICES)}, got {device!r}")
+
+    data_raw = get("data", dict, required=True)
+    data = _plugin_spec(w, "dataset", data_raw, "data", _line(raw, "data"), named=False)
+
+    ev = get("eval", dict, LineDict())
+    for key in ev:
+        if key not in EVAL_KEYS:
+            raise w.error(f"eval.{key}", _line(ev, key), f"unknown key{_suggest(key, EVAL_KEYS)}; allowed: {', '.join(EVAL_KEYS)}")
+    for key, t in EVAL_KEYS.items():
+        if key in ev and not _is(ev[key], t):
+            raise w.error(f"eval.{key}", _line(ev, key), f"expected {_typename(t)}, got {ev[key]!r}")
+    split = ev.get("split", "test")
+    batch_size = ev.get("batch_size", 128)
+    limit = ev.get("limit")
+    if batch_size < 1:
+        raise w.error("eval.batch_size", _line(ev, "batch_size"), "must be at least 1")
+    if limit is not None and limit < 1:
+        raise w.error("eval.limit", _line(ev, "limit"), "must be at least 1 (or null for all samples)")
+
+    models = _plugin_list(w, "model", get("models", list, required=True), "models", named=True)
+    defenses = _plugin_list(w, "defense", get("defenses", list, None) or _default_list("standard"), "defenses")
+    attacks = _plugin_list(w, "attack", get("attacks", list, None) or LineList(), "attacks")
+    threats = _threats(w, get("threats", list, None) or LineList())
+    if attacks and not threats:
+        raise w.error("threats", getattr(raw, "line", 1), "attacks are listed but no threats: add at least one threat")
+    metrics = _plugin_list(w, "metric", get("metrics", list, None) or _default_list("accuracy"), "metrics")
+    _unique(w, models, "models")
+    _unique(w, defenses, "defenses")
+    _unique(w, attacks, "attacks")
+    _unique(w, metrics, "metrics")
+    names = [t.name for t in threats]
+    for i, t in enumerate(threats):
+        if names.index(t.name) != i:
+            raise w.error(f"{t.where}.name", t.lines.get("name", 0), f"threat name {t.name!r} is used twice; names must be unique")
+
+    resolved = {
+        "schema": SCHEMA, "name": name, "version": version, "seed": seed, "device": device,
+        "data": data.identity(),
+        "eval": {"split": split, "batch_size": batch_size, "limit": limit},
+        "models": [{"name": m.name, **m.identity()} for m in models],
+        "defenses": [{"name": d.name, **d.identity()} for d in defenses],
+        "attacks": [{"name": a.name, **a.identity()} for a in attacks],
+        "threats": [{"name": t.name, **{m: {"norm": t.norms[m], "eps": t.eps[m]} for m in t.modalities}} for t in threats],
+        "metrics": [{"name": m.name, **m.identity()} for m in metrics],
+    }
+    return Suite(path, name, version, seed, device, data, split, batch_size, limit, models, defenses, attacks,
+                 threats, metrics, resolved, raw)
+
+
+def _default_list(plugin: str) -> LineList:
+    out = LineList([LineDict(plugin=plugin)])
+    out.item_lines = [0]
+    return out
+
+
+def _suggest(key, allowed) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _plugin_spec(w: _Where, kind: str, item, where: str, line, named: bool) -> PluginSpec:
+    if isinstance(item, str):  # shorthand: "- accuracy"
+        item = LineDict(plugin=item)
+        item.line = line
+    if not isinstance(item, dict):
+        raise w.error(where, line, f"expected a mapping with a 'plugin' key, got {item!r}")
+    if "plugin" not in item:
+        raise w.error(where, getattr(item, "line", line) or line, f"missing required key 'plugin' (which {kind} plugin to use; see `avharness list {kind}`)")
+    plugin = item["plugin"]
+    if not isinstance(plugin, str):
+        raise w.error(f"{where}.plugin", _line(item, "plugin"), f"expected a string, got {plugin!r}")
+    name = item.get("name", plugin)
+    if named and "name" not in item:
+        raise w.error(where, getattr(item, "line", line) or line, "missing required key 'name' (a short label for this entry, used in the report)")
+    if not isinstance(name, str) or not name:
+        raise w.error(f"{where}.name", _line(item, "name"), f"expected a non-empty string, got {name!r}")
+    params = {k: plain(v) for k, v in item.items() if k not in ("plugin", "name")}
+    lines = dict(getattr(item, "key_lines", {}))
+    lines.setdefault("", getattr(item, "line", line) or line)
+    return PluginSpec(kind, name, plugin, params, where, lines)
+
+
+def _plugin_list(w: _Where, kind: str, items, key: str, named: bool = False) -> list[PluginSpec]:
+    return [_plugin_spec(w, kind, item, f"{key}[{i}]", _line(items, i), named) for i, item in enumerate(items)]
+
+
+def _unique(w: _Where, specs: list[PluginSpec], key: str) -> None:
+    seen = {}
+    for s in specs:
+        if s.name in seen:
+            raise w.error(f"{s.where}.name", s.lines.get("name", s.lines[""]),
+                          f"name {s.name!r} is already used by {seen[s.name]}; give each entry a distinct 'name'")
+        seen[s.name] = s.where
+
+
+def _threats(w: _Where, items) -> list[ThreatSpec]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"threats[{i}]"
+        line = _line(items, i)
+        if not isinstance(item, dict):
+            raise w.error(where, line, f"expected a mapping like {{name: audio-linf, audio: {{norm: linf, eps: [0, 0.1]}}}}, got {item!r}")
+        if "name" not in item or not isinstance(item["name"], str):
+            raise w.error(where, getattr(item, "line", line), "missing required key 'name' (a string)")
+        norms, eps = {}, {}
+        for modality, budget in item.items():
+            if modality == "name":
+                continue
+            mwhere = f"{where}.{modality}"
+            mline = _line(item, modality)
+            if not isinstance(budget, dict):
+                raise w.error(mwhere, mline, f"expected a mapping {{norm: linf|l2, eps: number or list}}, got {budget!r}")
+            for key in budget:
+                if key not in ("norm", "eps"):
+                    raise w.error(f"{mwhere}.{key}", _line(budget, key), f"unknown key{_suggest(key, ('norm', 'eps'))}; allowed: norm, eps")
+            norm = budget.get("norm")
+            if norm not in NORMS:
+                raise w.error(f"{mwhere}.norm", _line(budget, "norm"), f"must be one of {', '.join(NORMS)}, got {norm!r}")
+            if "eps" not in budget:
+                raise w.error(mwhere, mline, "missing required key 'eps' (a number or a list of numbers)")
+            values = budget["eps"]
+            values = list(values) if isinstance(values, list) else [values]
+            if not values:
+                raise w.error(f"{mwhere}.eps", _line(budget, "eps"), "the eps list is empty")
+            for v in values:
+                if not _is(v, float) or not math.isfinite(v):
+                    raise w.error(f"{mwhere}.eps", _line(budget, "eps"), f"expected a number, got {v!r}")
+                if v < 0:
+                    raise w.error(f"{mwhere}.eps", _line(budget, "eps"), f"eps must be >= 0, got {v}")
+            norms[modality] = norm
+            eps[modality] = [float(v) for v in values]
+        if not norms:
+            raise w.error(where, getattr(item, "line", line), "names no modality; add e.g. audio: {norm: linf, eps: [0.1]}")
+        steps = max(len(v) for v in eps.values())
+        for m, v in eps.items():
+            if len(v) == 1:
+                eps[m] = v * steps
+            elif len(v) != steps:
+                raise w.error(f"{where}.{m}.eps", _line(item[m], "eps"),
+                              f"has {len(v)} values but another modality of this threat has {steps}; "
+                              "joint sweeps step all modalities together, so give lists of equal length (or one value)")
+        out.append(ThreatSpec(item["name"], norms, eps, where, dict(getattr(item, "key_lines", {}))))
+    return out
+
+
+# ---------------------------------------------------------------- plugin-aware checks
+
+def check_params(w: _Where, spec: PluginSpec, factory) -> None:
+    """Unknown, missing or mistyped plugin parameters, checked against the factory signature."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:
+        hints = {}
+    injected = INJECTED[spec.kind]
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    allowed = [n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in injected]
+    for key, value in spec.params.items():
+        line = spec.lines.get(key, spec.lines[""])
+        if key not in allowed:
+            if accepts_any:
+                continue
+            raise w.error(f"{spec.where}.{key}", line,
+                          f"unknown parameter{_suggest(key, allowed)} for {spec.kind} {spec.plugin!r}; "
+                          f"it takes: {', '.join(allowed) or 'no parameters'}")
+        expected = _simple_type(hints.get(key))
+        if expected is not None and not _is(value, expected):
+            raise w.error(f"{spec.where}.{key}", line, f"expected {_typename(expected)}, got {value!r}")
+    for n, p in sig.parameters.items():
+        if n in injected or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        if p.default is p.empty and n not in spec.params:
+            raise w.error(spec.where, spec.lines[""], f"{spec.kind} {spec.plugin!r} needs parameter {n!r}")
+
+
+def _simple_type(hint):
+    """int/float/str/bool/list/dict (optionally | None) → a type check; anything else → None."""
+    if hint in (int, float, str, bool, list, dict):
+        return hint
+    origin = typing.get_origin(hint)
+    if origin in (list, dict):
+        return origin
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        parts = tuple(_simple_type(a) if a is not type(None) else type(None) for a in args)
+        if all(p is not None for p in parts):
+            return parts
+    return None
+
+
+def check_plugins(suite: Suite, registry: Registry):
+    """Resolve every plugin name and check parameters; returns the dataset object (cheap to build).
+
+    Also checks that every threat names modalities the dataset has.
+    """
+    w = _Where(suite.path)
+    kinds = [(suite.data, "dataset")] + [(s, s.kind) for s in suite.models + suite.defenses + suite.attacks + suite.metrics]
+    for spec, kind in kinds:
+        if spec.plugin not in registry.entries[kind] and (kind, spec.plugin) not in registry.conflicts:
+            raise w.error(f"{spec.where}.plugin", spec.lines.get("plugin", spec.lines[""]),
+                          unknown_message(kind, spec.plugin, registry.names(kind)))
+        factory = registry.get(kind, spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}")
+        check_params(w, spec, factory)
+    # A dataset that takes a seed gets the suite's, unless the suite sets one for the data itself.
+    data_factory = registry.get("dataset", suite.data.plugin)
+    takes_seed = "seed" in inspect.signature(data_factory).parameters and "seed" not in suite.data.params
+    dataset = build_component(w, suite.data, registry, **({"seed": suite.seed} if takes_seed else {}))
+    for t in suite.threats:
+        for m in t.modalities:
+            if m not in dataset.specs:
+                raise w.error(f"{t.where}.{m}", t.lines.get(m, 0),
+                              f"dataset {suite.data.plugin!r} has no modality {m!r}; it has: {', '.join(sorted(dataset.specs))}")
+    return dataset
+
+
+def build_component(w_or_path, spec: PluginSpec, registry: Registry, **injected):
+    """Call a plugin factory; a ValueError/TypeError/UserError from it becomes a located UserError."""
+    w = w_or_path if isinstance(w_or_path, _Where) else _Where(str(w_or_path))
+    factory = registry.get(spec.kind, spec.plugin)
+    try:
+        return factory(**injected, **spec.params)
+    except UserError as exc:
+        raise w.error(spec.where, spec.lines[""], str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise w.error(spec.where, spec.lines[""], f"{spec.kind} {spec.plugin!r} rejected its parameters: {exc}") from None
