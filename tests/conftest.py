@@ -1,0 +1,75 @@
+"""Shared fixtures: a plugin distribution installed into a temporary site folder, registry resets."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from avharness.plugins import set_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "avharness-example"
+SHARED_AUDIOSET = ROOT.parent / "shared" / "data" / "audioset"
+
+
+def make_dist(site: Path, dist: str, module: str, source: str | Path, entry: str = "plugin", version: str = "0.1.0") -> None:
+    """Install ``module`` as distribution ``dist`` (with an ``avharness`` entry point) into ``site``.
+
+    This writes a real ``.dist-info`` folder, so importlib.metadata finds the entry point exactly as
+    it would for a pip-installed package.
+    """
+    if isinstance(source, Path) and source.is_dir():
+        shutil.copytree(source, site / module)
+    else:
+        (site / f"{module}.py").write_text(textwrap.dedent(str(source)))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[avharness]\n{entry} = {module}\n")
+
+
+@pytest.fixture(scope="session")
+def example_site(tmp_path_factory) -> Path:
+    """A site folder holding the examples/ plugin as an installed distribution."""
+    site = tmp_path_factory.mktemp("site")
+    make_dist(site, "avharness-example", "avharness_example", EXAMPLE / "avharness_example", entry="example")
+    return site
+
+
+@pytest.fixture
+def with_site(monkeypatch):
+    """Put site folders on sys.path for this test and reload the registry around it."""
+
+    def add(*sites: Path):
+        for s in sites:
+            monkeypatch.syspath_prepend(str(s))
+        importlib.invalidate_caches()
+        set_registry(None)
+
+    yield add
+    set_registry(None)
+
+
+@pytest.fixture
+def example(with_site, example_site):
+    with_site(example_site)
+    return example_site
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    set_registry(None)
+    yield
+    set_registry(None)
+
+
+@pytest.fixture
+def shared_audioset() -> Path:
+    if not SHARED_AUDIOSET.exists():
+        pytest.skip("../shared/data/audioset is not present (only in the developers' workplace)")
+    return SHARED_AUDIOSET

@@ -1,0 +1,121 @@
+"""End to end on the example plugin: reports, reuse, resume, determinism, rebuilding a checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+import avharness
+from avharness.cli import main
+from avharness.compare import compare, read_report
+
+from test_cli import GOOD, write
+
+
+def run(tmp_path, out, *extra, suite=GOOD):
+    path = write(tmp_path, suite)
+    code = main(["run", str(path), "-o", str(out), "-q", *map(str, extra)])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_report_has_every_cell_and_provenance(example, tmp_path):
+    out = tmp_path / "out"
+    r = run(tmp_path, out)
+    assert r["schema"] == "avharness/report@1"
+    # audio model: 2 attacks × audio sweep (3); fused model: 2 attacks × (3 + 2); joint skipped for audio
+    assert len(r["cells"]) == 2 * 3 + 2 * 5
+    assert {s["threat"] for s in r["skipped"]} == {"joint-l2"}
+    assert r["seeds"]["global"] == 3
+    assert r["suite"]["sha256"] and r["data"]["manifest_sha256"]
+    assert {"python", "torch", "avharness"} <= set(r["environment"])
+    assert any(d["dist"] == "avharness-example" for d in r["plugins"])
+    assert {"plugins_s", "data_s", "train_s", "attack_s", "total_s"} <= set(r["stages"])
+    for c in r["cells"]:
+        assert c["robust_accuracy"] <= c["clean_accuracy"]
+        assert c["metrics"]["robust_accuracy"] == pytest.approx(c["robust_accuracy"])
+        if all(e == 0 for e in c["eps"].values()):
+            assert c["robust_accuracy"] == c["clean_accuracy"]
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == sum(c["n"] for c in r["cells"])
+    first = json.loads(lines[0])
+    assert {"cell", "id", "clean_pred", "adv_pred", "robust", "success"} <= set(first)
+    md = (out / "report.md").read_text()
+    assert "Clean vs robust accuracy" in md and "audio-linf" in md
+
+
+def test_second_run_reuses_everything_and_same_seed_same_numbers(example, tmp_path):
+    a = run(tmp_path, tmp_path / "a")
+    again = run(tmp_path, tmp_path / "a")
+    assert all(c["reused"] for c in again["cells"]) and all(m["reused"] for m in again["models"])
+    b = run(tmp_path, tmp_path / "b")  # a fresh store: everything recomputed
+    assert not any(c["reused"] for c in b["cells"])
+    assert compare(b, a, tolerance=0.0) == []
+    assert (tmp_path / "a" / "samples.jsonl").read_text() == (tmp_path / "b" / "samples.jsonl").read_text()
+
+
+def test_interrupted_run_resumes(example, tmp_path, monkeypatch):
+    from avharness import runner
+
+    calls = {"n": 0}
+    original = runner._attack_cell
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_attack_cell", flaky)
+    path = write(tmp_path, GOOD)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "-o", str(out), "-q"]) == 130
+    assert not (out / "report.json").exists()
+    assert len(list((out / "store" / "cells").glob("*.json"))) == 3
+    monkeypatch.setattr(runner, "_attack_cell", original)
+    r = run(tmp_path, out)
+    assert sum(c["reused"] for c in r["cells"]) == 3
+    fresh = run(tmp_path, tmp_path / "fresh")
+    assert compare(r, fresh) == []
+
+
+def test_changed_cell_is_recomputed_alone(example, tmp_path):
+    out = tmp_path / "out"
+    run(tmp_path, out)
+    r = run(tmp_path, out, suite=GOOD.replace("[0.0, 0.5, 2.0]", "[0.0, 0.5, 3.0]"))
+    fresh = [c["id"] for c in r["cells"] if not c["reused"]]
+    assert sorted(fresh) == ["audio/standard/fgsm/audio-linf/2", "audio/standard/pgd/audio-linf/2",
+                             "fused/standard/fgsm/audio-linf/2", "fused/standard/pgd/audio-linf/2"]
+
+
+def test_checkpoint_rebuilds_outside_the_harness(example, tmp_path):
+    out = tmp_path / "out"
+    r = run(tmp_path, out)
+    folder = next(m["checkpoint"] for m in r["models"] if m["name"] == "fused")
+    model = avharness.load_model(folder)
+    spec = json.loads((tmp_path / "out" / "store" / "models" / folder.split("/")[-1] / "model.json").read_text())
+    assert spec["plugin"] == "linear_av"
+    x = {"audio": torch.zeros(2, 16), "video": torch.zeros(2, 12)}
+    again = avharness.load_model(folder)
+    assert torch.equal(model(x), again(x))
+    state = torch.load(f"{folder}/model.pt", weights_only=True)
+    assert set(state) == set(model.state_dict())
+
+
+def test_limit_is_recorded(example, tmp_path):
+    r = run(tmp_path, tmp_path / "out", "--limit", "10")
+    assert r["data"]["eval"]["n_effective"] == 10 and all(c["n"] == 10 for c in r["cells"])
+
+
+def test_check_command(example, tmp_path, capsys):
+    out = tmp_path / "out"
+    r = run(tmp_path, out)
+    assert main(["check", str(out / "report.json"), "--baseline", str(out / "report.json")]) == 0
+    moved = json.loads((out / "report.json").read_text())
+    moved["cells"][3]["robust_accuracy"] += 0.2
+    (tmp_path / "base.json").write_text(json.dumps(moved))
+    capsys.readouterr()
+    assert main(["check", str(out / "report.json"), "--baseline", str(tmp_path / "base.json"), "--tolerance", "0.1"]) == 1
+    assert "robust_accuracy" in capsys.readouterr().out
+    assert main(["check", str(out / "report.json"), "--baseline", str(tmp_path / "base.json"), "--tolerance", "0.3"]) == 0
+    assert main(["check", str(tmp_path / "missing.json"), "--baseline", str(out / "report.json")]) == 2
