@@ -27,8 +27,9 @@ def read_report(path: str | Path) -> dict:
 
 
 def _values(cell: dict) -> dict[str, float]:
+    # The core's own accuracies, then every metric plugin's values under their own prefix.
     vals = {"clean_accuracy": cell["clean_accuracy"], "robust_accuracy": cell["robust_accuracy"]}
-    vals.update(cell.get("metrics", {}))
+    vals.update({f"metrics.{k}": v for k, v in cell.get("metrics", {}).items()})
     return vals
 
 

@@ -17,13 +17,13 @@ class Reporter:
                 console=self.console, transient=True,
             )
 
+        self._started = False
+
     def __enter__(self):
-        if self.progress is not None:
-            self.progress.start()
         return self
 
     def __exit__(self, *exc):
-        if self.progress is not None:
+        if self._started:
             self.progress.stop()
 
     def log(self, msg: str) -> None:
@@ -34,6 +34,9 @@ class Reporter:
         """Start a bar; returns ``advance(n=1)``. The bar disappears when complete."""
         if self.progress is None:
             return lambda n=1: None
+        if not self._started:  # started on first use, so early user errors print one clean line
+            self.progress.start()
+            self._started = True
         tid = self.progress.add_task(description, total=total)
 
         def advance(n: int = 1):
