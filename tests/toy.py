@@ -13,7 +13,7 @@ What is here:
   Both modalities carry the label, so audio-only, video-only and fused models all learn it.
 - ``ToyModel(task, specs, modalities)``: an ``AVModel`` (one small MLP per modality; with two
   modalities a "fused" latent, the sum of the modality latents, feeds the head).
-- ``train(model, data)``: a few hundred full-batch Adam steps; ``trained(modalities, kind)`` caches
+- ``train(model, data)``: 150 full-batch Adam steps (well under a second); ``trained(modalities, kind)`` caches
   a trained, eval-mode model per process (do not modify it in a test: it is shared).
 - ``test_batch(data, n)``, ``sample_rng(batch)``, ``threat(data, audio=..., video=...)``: shortcuts
   for calling an attack's ``perturb`` directly.
