@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from .errors import UserError
@@ -54,8 +53,10 @@ def compare(report: dict, baseline: dict, tolerance: float = 0.0) -> list[str]:
                 problems.append(f"{cid}: metric {k} missing from the report")
                 continue
             x, y = a[k], b[k]
-            if (x != x) and (y != y):
+            if x is None or y is None:  # undefined (NaN in the run), e.g. the SNR of a zero perturbation
+                if (x is None) != (y is None):
+                    problems.append(f"{cid}: {k} {y} -> {x} (defined in only one of them)")
                 continue
-            if not (math.isfinite(x) and math.isfinite(y)) or abs(x - y) > tolerance:
+            if abs(x - y) > tolerance:
                 problems.append(f"{cid}: {k} {y:.6g} -> {x:.6g} (moved {x - y:+.6g}, tolerance {tolerance:g})")
     return problems

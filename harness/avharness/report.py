@@ -118,6 +118,10 @@ def _pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}"
 
 
+def _num(x) -> str:
+    return "–" if x is None or x != x else f"{x:.4g}"
+
+
 def _eps_label(cell: dict) -> str:
     return ", ".join(f"{m} {cell['norm'][m]} {cell['eps'][m]:g}" for m in sorted(cell["eps"]))
 
@@ -195,7 +199,7 @@ def render_markdown(r: dict) -> str:
     if cells:
         md += ["## All cells", ""]
         rows = [[c["model"], c["defense"], c["attack"], c["threat"], _eps_label(c)]
-                + [f"{c['metrics'][k]:.4g}" if k in c["metrics"] else "–" for k in metric_names]
+                + [_num(c["metrics"].get(k)) for k in metric_names]
                 + [f"{c['wall_s']:.2f}", "yes" if c["reused"] else "no"] for c in cells]
         md += _table(["model", "defense", "attack", "threat", "budget"] + metric_names + ["s", "reused"], rows) + [""]
 
