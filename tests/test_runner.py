@@ -40,6 +40,10 @@ def test_report_has_every_cell_and_provenance(example, tmp_path):
     assert len(lines) == sum(c["n"] for c in r["cells"])
     first = json.loads(lines[0])
     assert {"cell", "id", "clean_pred", "adv_pred", "robust", "success"} <= set(first)
+    names = {c["name"] for c in r["checks"]}
+    assert {"eps_zero_noop", "robust_le_clean", "sweep_monotone", "iterative_beats_single_step",
+            "deterministic_outputs", "zero_gradient_share", "gradients_finite"} <= names
+    assert all(c["status"] in ("pass", "warn", "fail") for c in r["checks"])
     md = (out / "report.md").read_text()
     assert "Clean vs robust accuracy" in md and "audio-linf" in md
 

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, help="evaluate only the first N samples (testing only; recorded in the report)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the suite's device")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
+    r.add_argument("--strict", action="store_true", help="exit 1 when a validity check in the report fails (for CI)")
 
     v = sub.add_parser("validate", help="check a suite without running it")
     v.add_argument("suite")
@@ -79,7 +80,11 @@ def cmd_run(args) -> int:
     reused = sum(c["reused"] for c in report["cells"])
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}: {len(report['cells'])} cells "
           f"({reused} reused), {report['stages']['total_s'] + report_s:.1f}s")
-    return 0
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    for c in failed:
+        print(f"check failed: {c['name']} ({c['subject']}): value {c['value']}, threshold {c['threshold']} — {c['doc']}",
+              file=sys.stderr)
+    return 1 if failed and args.strict else 0
 
 
 def cmd_validate(args) -> int:

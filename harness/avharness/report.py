@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checks import cell_checks, model_checks
 from .runner import RunResult
 from .store import atomic_write_json, atomic_write_text
 
@@ -86,6 +87,8 @@ def build_report(res: RunResult, started: str) -> dict:
             for t in res.trained
         ],
         "skipped": res.skipped,
+        "checks": [ch for t in res.trained for ch in model_checks(f"{t.spec.name}/{t.defense.name}", t.probe)]
+                  + cell_checks([{**c, "samples": raw["samples"]} for c, raw in zip(cells, res.cells)], res.iterative),
         "cells": cells,
         "per_sample": "samples.jsonl",
         "stages": res.stages,
@@ -202,6 +205,15 @@ def render_markdown(r: dict) -> str:
                 + [_num(c["metrics"].get(k)) for k in metric_names]
                 + [f"{c['wall_s']:.2f}", "yes" if c["reused"] else "no"] for c in cells]
         md += _table(["model", "defense", "attack", "threat", "budget"] + metric_names + ["s", "reused"], rows) + [""]
+
+    md += ["## Validity checks", ""]
+    failed = [c for c in r["checks"] if c["status"] != "pass"]
+    md.append(f"{len(r['checks']) - len(failed)} of {len(r['checks'])} checks pass." + (" Not passing:" if failed else ""))
+    md.append("")
+    if failed:
+        md += _table(["check", "status", "subject", "value", "threshold", "meaning"],
+                     [[c["name"], c["status"].upper(), c["subject"], _num(c["value"]) if not isinstance(c["value"], bool) else str(c["value"]),
+                       str(c["threshold"]), c["doc"]] for c in failed]) + [""]
 
     if r["skipped"]:
         md += ["## Skipped", ""]

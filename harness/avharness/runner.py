@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .checks import probe_model
 from .contracts import Evidence, FitContext
 from .errors import NumericalError, UserError
 from .model import AVModel, load_model, model_spec, save_model
@@ -48,6 +49,7 @@ class Trained:
     reused: bool
     folder: Path
     clean_logits: torch.Tensor | None = None
+    probe: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class RunResult:
     cells: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     stages: dict = field(default_factory=dict)
+    #: attack name -> whether it iterates (None: the plugin does not say), for the validity checks
+    iterative: dict = field(default_factory=dict)
 
 
 class Stages:
@@ -107,6 +111,7 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
         eval_n = min(n_original, limit) if limit else n_original
 
     result = RunResult(suite, registry, dataset, dev, eval_n, n_original, manifests)
+    result.iterative = {a.name: getattr(attack, "iterative", None) for a, attack in attacks}
     data_id = {"data": suite.data.identity(), "manifests": manifests}
     eval_id = {"split": suite.eval_split, "n": eval_n, "manifest": manifests[suite.eval_split]}
 
@@ -115,6 +120,9 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
             with stages("train"):
                 tr = _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, store, dev, reporter)
             result.trained.append(tr)
+            with stages("checks"):
+                first = next(iter(dataset.batches(suite.eval_split, min(suite.batch_size, eval_n), limit=eval_n)))
+                tr.probe = probe_model(tr.model, dataset.task, first.to(dev))
             for aspec, attack in attacks:
                 for tspec in suite.threats:
                     missing = [m for m in tspec.modalities if m not in tr.model.modalities]

@@ -63,6 +63,8 @@ class GradientAttack:
     """
 
     def __init__(self, name: str, steps: int, step_size: float, restarts: int, random_start: bool, keep_best: bool):
+        #: read by the validity checks: an iterative attack should beat a single-step one
+        self.iterative = steps > 1
         self.name = name
         self.steps = steps
         self.step_size = step_size

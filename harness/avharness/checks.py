@@ -1,0 +1,104 @@
+"""Validity checks written into every report: symptoms of a robustness number that can't be trusted.
+
+Each check has a status (pass / warn / fail), the measured value, the threshold and what it means.
+``avharness run --strict`` exits non-zero when any check fails, for CI.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+#: tolerated rise of robust accuracy (share of samples) before a monotonicity check fails
+SLACK_SAMPLES = 1
+
+
+def check(name, status, value, threshold, doc, subject="") -> dict:
+    return {"name": name, "subject": subject, "status": status, "value": value, "threshold": threshold, "doc": doc}
+
+
+def probe_model(model, task, batch) -> dict:
+    """Two forward passes must agree; input gradients must be finite and not all zero."""
+    model.eval()
+    with torch.no_grad():
+        a, b = model(batch.inputs), model(batch.inputs)
+    drift = float((a - b).abs().max()) if a.numel() else 0.0
+    leaves = {m: batch.inputs[m].detach().clone().requires_grad_(True) for m in model.modalities}
+    loss = task.loss(model({**batch.inputs, **leaves}), batch.target).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    per_sample = torch.zeros(len(batch), device=loss.device)
+    finite = True
+    for g in grads:
+        if g is not None:
+            finite &= bool(torch.isfinite(g).all())
+            per_sample += g.detach().flatten(1).abs().sum(1)
+    return {"logit_drift": drift, "zero_gradient_share": float((per_sample == 0).float().mean()),
+            "gradients_finite": finite, "n": len(batch)}
+
+
+def model_checks(name: str, probe: dict) -> list[dict]:
+    drift, zero = probe["logit_drift"], probe["zero_gradient_share"]
+    return [
+        check("deterministic_outputs", "pass" if drift <= 1e-5 else "fail", drift, 1e-5,
+              "max |logit difference| between two eval-mode passes on one batch; a randomized model needs "
+              "EoT-style attacks, and its robustness from a single pass is overstated", name),
+        check("gradients_finite", "pass" if probe["gradients_finite"] else "fail", probe["gradients_finite"], True,
+              "input gradients of the task loss are finite; NaN/inf gradients make gradient attacks fail silently", name),
+        check("zero_gradient_share", "pass" if zero == 0 else ("warn" if zero < 0.5 else "fail"), zero, 0.0,
+              "share of samples whose input gradient is exactly zero (gradient masking, saturated outputs or a "
+              "non-differentiable step): gradient attacks cannot move those samples", name),
+    ]
+
+
+def cell_checks(cells: list[dict], iterative: dict[str, bool | None]) -> list[dict]:
+    out = []
+    # eps = 0 must change nothing; robust must imply clean-correct for every sample.
+    zero_bad = [c["id"] for c in cells if all(e == 0 for e in c["eps"].values()) and c["robust_accuracy"] != c["clean_accuracy"]]
+    out.append(check("eps_zero_noop", "pass" if not zero_bad else "fail", len(zero_bad), 0,
+                     "cells at eps = 0 whose robust accuracy differs from clean accuracy", ", ".join(zero_bad[:5])))
+    bad = sum(1 for c in cells for s in c["samples"] if s["robust"] and not s["clean_correct"])
+    out.append(check("robust_le_clean", "pass" if bad == 0 else "fail", bad, 0,
+                     "samples counted robust although misclassified when clean", ""))
+
+    # Larger budgets must not make an attack weaker (Carlini et al. 2019; Pintor et al. 2022).
+    series = defaultdict(dict)
+    for c in cells:
+        series[(c["model"], c["defense"], c["attack"], c["threat"])][c["step"]] = c
+    worst, where = 0.0, ""
+    for key, by_step in series.items():
+        steps = sorted(by_step)
+        for s0, s1 in zip(steps, steps[1:]):
+            rise = by_step[s1]["robust_accuracy"] - by_step[s0]["robust_accuracy"]
+            if rise > worst:
+                worst, where = rise, f"{'/'.join(key)} step {s0}->{s1}"
+    n = max((c["n"] for c in cells), default=1)
+    out.append(check("sweep_monotone", _status(worst, n), worst, 0.0,
+                     "largest rise of robust accuracy from one eps to a larger one in a sweep; a stronger "
+                     "budget should never help the model, so a rise means the attack did not converge", where))
+
+    # An iterative attack should be at least as strong as a single-step one at the same budget.
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["model"], c["defense"], c["threat"], c["step"])].append(c)
+    worst, where, compared = 0.0, "", 0
+    for key, cs in groups.items():
+        single = [c["robust_accuracy"] for c in cs if iterative.get(c["attack"]) is False]
+        multi = [c for c in cs if iterative.get(c["attack"]) is True]
+        if single and multi:
+            compared += 1
+            for c in multi:
+                gap = c["robust_accuracy"] - min(single)
+                if gap > worst:
+                    worst, where = gap, f"{c['id']} vs single-step"
+    if compared:
+        out.append(check("iterative_beats_single_step", _status(worst, n), worst, 0.0,
+                         "largest excess of an iterative attack's robust accuracy over a single-step attack's at "
+                         "the same budget; a positive value means too few steps or a bad step size", where))
+    return out
+
+
+def _status(rise: float, n: int) -> str:
+    if rise <= 0:
+        return "pass"
+    return "warn" if rise <= SLACK_SAMPLES / n + 1e-12 else "fail"

@@ -1,0 +1,81 @@
+"""Validity checks: each symptom makes its check fail; healthy runs pass."""
+
+import torch
+from torch import nn
+
+from avharness import AVModel, Batch, Task
+from avharness.checks import cell_checks, model_checks, probe_model
+
+TASK = Task("multiclass", ("a", "b"))
+
+
+class Linear(AVModel):
+    modalities = ("audio",)
+    head_latent = "audio"
+
+    def __init__(self, quantize=False, noisy=False):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        self.quantize, self.noisy = quantize, noisy
+
+    def embed(self, inputs):
+        x = inputs["audio"]
+        if self.quantize:  # a non-differentiable step in front of the model: zero input gradients
+            x = torch.round(x * 4) / 4
+        if self.noisy:  # a randomized model
+            x = x + 0.1 * torch.randn_like(x)
+        return {"audio": self.lin(x)}
+
+    def head(self, z):
+        return z
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return Batch({"audio": torch.randn(8, 4, generator=g)}, torch.arange(8) % 2, [str(i) for i in range(8)])
+
+
+def statuses(checks):
+    return {c["name"]: c["status"] for c in checks}
+
+
+def test_healthy_model_passes():
+    torch.manual_seed(0)
+    assert set(statuses(model_checks("m", probe_model(Linear(), TASK, batch()))).values()) == {"pass"}
+
+
+def test_quantized_model_fails_the_gradient_check():
+    torch.manual_seed(0)
+    probe = probe_model(Linear(quantize=True), TASK, batch())
+    assert probe["zero_gradient_share"] == 1.0
+    assert statuses(model_checks("m", probe))["zero_gradient_share"] == "fail"
+
+
+def test_randomized_model_fails_determinism():
+    torch.manual_seed(0)
+    assert statuses(model_checks("m", probe_model(Linear(noisy=True), TASK, batch())))["deterministic_outputs"] == "fail"
+
+
+def cell(attack, step, robust, clean=0.9, eps=0.1, n=100):
+    samples = [{"robust": i < robust * n, "clean_correct": i < clean * n} for i in range(n)]
+    return {"id": f"m/d/{attack}/t/{step}", "model": "m", "defense": "d", "attack": attack, "threat": "t", "step": step,
+            "eps": {"audio": eps * step}, "n": n, "clean_accuracy": clean, "robust_accuracy": robust, "samples": samples}
+
+
+def test_cell_checks_pass_on_a_healthy_sweep():
+    cells = [cell("fgsm", 0, 0.9), cell("fgsm", 1, 0.5), cell("fgsm", 2, 0.3),
+             cell("pgd", 0, 0.9), cell("pgd", 1, 0.4), cell("pgd", 2, 0.1)]
+    assert set(statuses(cell_checks(cells, {"fgsm": False, "pgd": True})).values()) == {"pass"}
+
+
+def test_weak_iterative_attack_and_non_monotone_sweep_fail():
+    cells = [cell("fgsm", 0, 0.9), cell("fgsm", 1, 0.5), cell("fgsm", 2, 0.3),
+             cell("pgd", 0, 0.9), cell("pgd", 1, 0.6), cell("pgd", 2, 0.7)]
+    s = statuses(cell_checks(cells, {"fgsm": False, "pgd": True}))
+    assert s["sweep_monotone"] == "fail" and s["iterative_beats_single_step"] == "fail"
+    assert s["eps_zero_noop"] == "pass" and s["robust_le_clean"] == "pass"
+
+
+def test_eps_zero_that_changes_accuracy_fails():
+    s = statuses(cell_checks([cell("pgd", 0, 0.8)], {"pgd": True}))
+    assert s["eps_zero_noop"] == "fail"
