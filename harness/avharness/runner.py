@@ -95,11 +95,9 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
 
     with stages("plugins"):
         registry = registry or get_registry()
-        dataset = check_plugins(suite, registry)
+        parts = check_plugins(suite, registry)
+        dataset, attacks, defenses, metrics = parts.dataset, parts.attacks, parts.defenses, parts.metrics
         dev = resolve_device(device or suite.device)
-        metrics = [(m, build_component(w, m, registry)) for m in suite.metrics]
-        attacks = [(a, build_component(w, a, registry)) for a in suite.attacks]
-        defenses = [(d, build_component(w, d, registry)) for d in suite.defenses]
 
     with stages("data"):
         if suite.eval_split not in dataset.splits():

@@ -403,10 +403,22 @@ def _simple_type(hint):
     return None
 
 
-def check_plugins(suite: Suite, registry: Registry):
-    """Resolve every plugin name and check parameters; returns the dataset object (cheap to build).
+@dataclass
+class Components:
+    """The suite's plugin objects, built (cheaply: no data is loaded and no model trained)."""
 
-    Also checks that every threat names modalities the dataset has.
+    dataset: object
+    attacks: list  # [(PluginSpec, attack)]
+    defenses: list
+    metrics: list
+
+
+def check_plugins(suite: Suite, registry: Registry) -> Components:
+    """Resolve every plugin name, check parameters and build the components that take them.
+
+    Building the dataset, attacks, defenses and metrics runs their own parameter checks, so
+    ``validate`` catches what ``run`` would; models are built later, per training run. Also checks
+    that every threat names modalities the dataset has.
     """
     w = _Where(suite.path)
     kinds = [(suite.data, "dataset")] + [(s, s.kind) for s in suite.models + suite.defenses + suite.attacks + suite.metrics]
@@ -425,7 +437,12 @@ def check_plugins(suite: Suite, registry: Registry):
             if m not in dataset.specs:
                 raise w.error(f"{t.where}.{m}", t.lines.get(m, 0),
                               f"dataset {suite.data.plugin!r} has no modality {m!r}; it has: {', '.join(sorted(dataset.specs))}")
-    return dataset
+    return Components(
+        dataset,
+        [(a, build_component(w, a, registry)) for a in suite.attacks],
+        [(d, build_component(w, d, registry)) for d in suite.defenses],
+        [(m, build_component(w, m, registry)) for m in suite.metrics],
+    )
 
 
 def build_component(w_or_path, spec: PluginSpec, registry: Registry, **injected):
