@@ -123,3 +123,37 @@ def test_check_command(example, tmp_path, capsys):
     assert "robust_accuracy" in capsys.readouterr().out
     assert main(["check", str(out / "report.json"), "--baseline", str(tmp_path / "base.json"), "--tolerance", "0.3"]) == 0
     assert main(["check", str(tmp_path / "missing.json"), "--baseline", str(out / "report.json")]) == 2
+
+
+def test_damaged_checkpoint_is_retrained(example, tmp_path):
+    out = tmp_path / "out"
+    first = run(tmp_path, out)
+    for m in first["models"]:
+        (tmp_path / "out" / "store" / "models" / m["key"] / "model.pt").write_bytes(b"not a checkpoint")
+    again = run(tmp_path, out)
+    assert not any(m["reused"] for m in again["models"])
+    assert compare(again, first) == []
+
+
+def test_cuda_on_a_cpu_machine_is_a_clear_error(example, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["run", str(write(tmp_path, GOOD)), "-o", str(tmp_path / "out"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no CUDA device is available; use --device cpu" in err
+
+
+def test_dataset_with_wrong_shapes_is_a_clear_error(example, tmp_path, capsys, monkeypatch):
+    import avharness_example
+
+    real = avharness_example.GaussianAV.batches
+
+    def wrong(self, *a, **kw):
+        for b in real(self, *a, **kw):
+            b.inputs["audio"] = b.inputs["audio"][:, :5]
+            yield b
+
+    monkeypatch.setattr(avharness_example.GaussianAV, "batches", wrong)
+    code = main(["run", str(write(tmp_path, GOOD.replace("epochs: 3", "epochs: 1"))), "-o", str(tmp_path / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "yielded 'audio' of shape (5,) per sample but its spec says (16,)" in err

@@ -6,7 +6,7 @@ everything that determines them, so a second run reuses them and an interrupted 
 
 from __future__ import annotations
 
-import hashlib
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -104,6 +104,8 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
             raise w.error("eval.split", 0, f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
         reporter.log(f"data: {suite.data.plugin} (building or loading its cache)")
         manifests = {s: dataset.manifest(s) for s in dataset.splits()}
+        for split in dataset.splits():  # before any training: a malformed dataset is a clear error
+            check_batch(next(iter(dataset.batches(split, 2))), dataset, suite.data.plugin)
         n_original = dataset.size(suite.eval_split)
         limit = limit if limit is not None else suite.limit
         eval_n = min(n_original, limit) if limit else n_original
@@ -164,12 +166,13 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
     folder = store.model_dir(key)
     label = f"{mspec.name} ({dspec.name})"
     if store.has_model(key):
-        model = load_model(folder).to(dev).eval()
-        import json
-
-        fit = json.loads((folder / "fit.json").read_text())
-        reporter.log(f"model {label}: reusing checkpoint {folder}")
-        return Trained(mspec, dspec, key, model, fit, True, folder)
+        try:
+            model = load_model(folder).to(dev).eval()
+            fit = json.loads((folder / "fit.json").read_text())
+            reporter.log(f"model {label}: reusing checkpoint {folder}")
+            return Trained(mspec, dspec, key, model, fit, True, folder)
+        except Exception as exc:  # a damaged checkpoint is retrained, not fatal: nothing is lost
+            reporter.log(f"model {label}: checkpoint {folder} is unreadable ({type(exc).__name__}: {exc}); retraining")
 
     fit_seed = derive_seed(suite.seed, "fit", key)
     seed_everything(fit_seed)
@@ -189,6 +192,19 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
     return Trained(mspec, dspec, key, model, fit, False, folder)
 
 
+def check_batch(batch, dataset, plugin: str) -> None:
+    """A dataset's batches must match its declared specs; say which modality and shape when not."""
+    for m, spec in dataset.specs.items():
+        x = batch.inputs.get(m)
+        if x is None:
+            raise UserError(f"dataset {plugin!r} declares modality {m!r} but its batch has only {sorted(batch.inputs)}")
+        if tuple(x.shape[1:]) != tuple(spec.shape):
+            raise UserError(f"dataset {plugin!r} yielded {m!r} of shape {tuple(x.shape[1:])} per sample but its spec "
+                            f"says {tuple(spec.shape)}; fix the dataset plugin or its spec")
+    if len(batch.ids) != len(batch):
+        raise UserError(f"dataset {plugin!r} yielded {len(batch.ids)} sample ids for {len(batch)} samples")
+
+
 def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise NumericalError(f"{what} contain NaN or inf; check the model's inputs, weights and training loss")
@@ -199,6 +215,7 @@ def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
 def _clean_pass(suite, dataset, tr: Trained, dev, n) -> torch.Tensor:
     out = []
     for batch in dataset.batches(suite.eval_split, suite.batch_size, limit=n):
+        check_batch(batch, dataset, suite.data.plugin)
         batch = batch.to(dev)
         out.append(tr.model(batch.inputs).float().cpu())
     return _finite(torch.cat(out), f"clean logits of model {tr.spec.name!r}")
@@ -213,6 +230,7 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
     label = f"{aspec.name} {tspec.name} eps#{step} on {tr.spec.name}"
     advance = reporter.task(label, (n + suite.batch_size - 1) // suite.batch_size)
     for batch in dataset.batches(suite.eval_split, suite.batch_size, limit=n):
+        check_batch(batch, dataset, suite.data.plugin)
         batch = batch.to(dev)
         clean = {k: v for k, v in batch.inputs.items()}
         snapshot = {k: v.clone() for k, v in clean.items()}
