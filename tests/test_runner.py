@@ -157,3 +157,27 @@ def test_dataset_with_wrong_shapes_is_a_clear_error(example, tmp_path, capsys, m
     code = main(["run", str(write(tmp_path, GOOD.replace("epochs: 3", "epochs: 1"))), "-o", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and "yielded 'audio' of shape (5,) per sample but its spec says (16,)" in err
+
+
+def test_model_scope_latent_metrics(example, tmp_path):
+    suite = GOOD.replace("metrics: [accuracy, attack_success_rate, perturbation]",
+                         "metrics: [accuracy, {plugin: convexity, pairs_per_class: 100}, {plugin: density, k: 5}]")
+    out = tmp_path / "out"
+    plain = run(tmp_path, tmp_path / "plain")
+    r = run(tmp_path, out, suite=suite)
+    fused = next(m for m in r["models"] if m["name"] == "fused")
+    assert set(fused["metrics"]) == {"convexity", "density"}
+    assert set(fused["metrics"]["convexity"]["latents"]) == {"audio", "video", "fused"}
+    assert fused["metrics"]["convexity"]["latents"]["fused"]["scorer"] == "model head"
+    assert "probe" in fused["metrics"]["convexity"]["latents"]["audio"]["scorer"]
+    preds = [p for p in r["metric_predicts_robustness"] if p["model"] == "fused"]
+    assert {p["series"] for p in preds} >= {"fused/argmax", "audio/knn_purity"}
+    # model-scope metrics leave the cells alone, and are reused like cells
+    assert [c["robust_accuracy"] for c in r["cells"]] == [c["robust_accuracy"] for c in plain["cells"]]
+    stored = sorted((out / "store" / "model_metrics").glob("*.json"))
+    assert len(stored) == 4
+    before = [p.stat().st_mtime_ns for p in stored]
+    again = run(tmp_path, out, suite=suite)
+    assert [p.stat().st_mtime_ns for p in stored] == before
+    assert again["models"][1]["metrics"]["density"]["latents"] == fused["metrics"]["density"]["latents"]
+    assert "Do latent metrics predict robustness?" in (out / "report.md").read_text()

@@ -6,7 +6,7 @@ through entry points in group ``avharness`` (the built-ins included).
 
 __version__ = "0.1.0"
 
-from .contracts import Attack, Defense, Evidence, FitContext, Metric
+from .contracts import Attack, Defense, Evidence, FitContext, Metric, ModelEvidence, ModelMetric
 from .data import Batch, Dataset, InputSpec
 from .errors import NumericalError, UserError
 from .hookspecs import hookimpl
@@ -18,7 +18,7 @@ from .threat import Budget, ThreatModel
 
 __all__ = [
     "Attack", "AVModel", "Batch", "Budget", "Dataset", "Defense", "Evidence", "FitContext",
-    "InputSpec", "Metric", "NumericalError", "SampleRNG", "Task", "ThreatModel", "UserError",
+    "InputSpec", "Metric", "ModelEvidence", "ModelMetric", "NumericalError", "SampleRNG", "Task", "ThreatModel", "UserError",
     "create_model", "derive_seed", "generator", "get_registry", "hookimpl", "load_model",
     "model_spec", "save_model", "seed_everything",
 ]

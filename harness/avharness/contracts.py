@@ -87,3 +87,33 @@ class Metric(Protocol):
     higher_is_better: dict[str, bool]
 
     def compute(self, ev: Evidence) -> dict[str, float]: ...
+
+
+@dataclass
+class ModelEvidence:
+    """What a model-scope metric sees: one trained model and its latents on any split.
+
+    ``latents(split)`` returns ``(latents, targets, ids)``: every named latent of ``model.embed``
+    stacked over the split (the eval split limited as the suite says), on the CPU, computed once.
+    """
+
+    task: Task
+    model: AVModel
+    seed: int
+    eval_split: str
+    latents: Callable[[str], tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]]
+
+
+@runtime_checkable
+class ModelMetric(Protocol):
+    """A metric of a trained model rather than of an attack cell (e.g. latent convexity, density).
+
+    ``compute_model`` returns a JSON-able dict. Its optional ``per_class`` entry,
+    ``{series name: {class index: value}}``, is what the report correlates (Spearman) with each
+    class's robust-accuracy drop, to say whether the metric predicts robustness.
+    """
+
+    scope: str  # "model"
+    higher_is_better: dict[str, bool]
+
+    def compute_model(self, ev: ModelEvidence) -> dict: ...

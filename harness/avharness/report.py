@@ -83,6 +83,7 @@ def build_report(res: RunResult, started: str) -> dict:
                 "name": t.spec.name, "plugin": t.spec.plugin, "params": t.spec.params, "defense": t.defense.name,
                 "modalities": list(t.model.modalities), "n_parameters": sum(p.numel() for p in t.model.parameters()),
                 "checkpoint": str(t.folder), "key": t.key, "reused": t.reused, "fit": t.fit,
+                "metrics": t.metrics,
             }
             for t in res.trained
         ],
@@ -90,9 +91,52 @@ def build_report(res: RunResult, started: str) -> dict:
         "checks": [ch for t in res.trained for ch in model_checks(f"{t.spec.name}/{t.defense.name}", t.probe)]
                   + cell_checks([{**c, "samples": raw["samples"]} for c, raw in zip(cells, res.cells)], res.iterative),
         "cells": cells,
+        "metric_predicts_robustness": predictions(res),
         "per_sample": "samples.jsonl",
         "stages": res.stages,
     }
+
+
+def per_class_drop(samples: list[dict], num_classes: int) -> dict[str, float]:
+    """Per class: clean accuracy minus robust accuracy over the samples of that class."""
+    clean, robust, count = [0] * num_classes, [0] * num_classes, [0] * num_classes
+    for x in samples:
+        for c in (x["target"] if isinstance(x["target"], list) else [x["target"]]):
+            count[c] += 1
+            clean[c] += x["clean_correct"]
+            robust[c] += x["robust"]
+    return {str(c): (clean[c] - robust[c]) / count[c] for c in range(num_classes) if count[c]}
+
+
+def predictions(res: RunResult) -> list[dict]:
+    """Spearman correlation of every per-class model metric with each class's robust-accuracy drop.
+
+    The drop is taken at each (attack, threat)'s strongest budget, where attacks differ most. A
+    metric that predicts robustness correlates negatively (a better-shaped class loses less).
+    """
+    from scipy.stats import spearmanr
+
+    k = res.dataset.task.num_classes
+    out = []
+    for t in res.trained:
+        series = {(name, s): v for name, r in t.metrics.items() for s, v in (r.get("per_class") or {}).items()}
+        if not series:
+            continue
+        mine = [c for c in res.cells if (c["model"], c["defense"]) == (t.spec.name, t.defense.name)]
+        for attack, threat in dict.fromkeys((c["attack"], c["threat"]) for c in mine):
+            cs = [c for c in mine if (c["attack"], c["threat"]) == (attack, threat)]
+            top = max(cs, key=lambda c: c["step"])
+            drop = per_class_drop(top["samples"], k)
+            for (metric, name), values in series.items():
+                common = [c for c in drop if values.get(c) is not None and values[c] == values[c]]
+                rho = p = float("nan")
+                if len(common) >= 3 and len({values[c] for c in common}) > 1 and len({drop[c] for c in common}) > 1:
+                    r = spearmanr([values[c] for c in common], [drop[c] for c in common])
+                    rho, p = float(r.statistic), float(r.pvalue)
+                out.append({"model": t.spec.name, "defense": t.defense.name, "metric": metric, "series": name,
+                            "attack": attack, "threat": threat, "step": top["step"], "n_classes": len(common),
+                            "spearman_rho": rho, "p_value": p})
+    return out
 
 
 def _accuracies(c: dict) -> tuple[float, float]:
@@ -189,6 +233,22 @@ def render_markdown(r: dict) -> str:
                 rows.append([m[0], m[1], _pct(next(iter(mc.values()))["clean_accuracy"])]
                             + [_pct(mc[st]["robust_accuracy"]) if st in mc else "–" for st in steps])
             md += _table(["model", "defense", "clean"] + [labels[st] for st in steps], rows) + [""]
+
+    if r["metric_predicts_robustness"]:
+        md += ["## Do latent metrics predict robustness?", "",
+               "Spearman ρ between each class's metric value and its robust-accuracy drop at the strongest budget "
+               "(negative: classes the metric rates better lose less). p-values are two-sided, uncorrected.", ""]
+        rows = []
+        for m in r["models"]:
+            for metric, res_ in m["metrics"].items():
+                for series, values in (res_.get("per_class") or {}).items():
+                    vals = [v for v in values.values() if v is not None]
+                    mean = sum(vals) / len(vals) if vals else None
+                    preds = [x for x in r["metric_predicts_robustness"]
+                             if (x["model"], x["defense"], x["metric"], x["series"]) == (m["name"], m["defense"], metric, series)]
+                    cells_ = "; ".join(f"{x['attack']} {x['threat']}: {_num(x['spearman_rho'])} (p {_num(x['p_value'])})" for x in preds)
+                    rows.append([m["name"], m["defense"], metric, series, _num(mean), cells_ or "–"])
+        md += _table(["model", "defense", "metric", "series", "class mean", "ρ vs drop (p)"], rows) + [""]
 
     md += ["## Models", ""]
     rows = []

@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .checks import probe_model
-from .contracts import Evidence, FitContext
+from .contracts import Evidence, FitContext, ModelEvidence
 from .errors import NumericalError, UserError
 from .model import AVModel, load_model, model_spec, save_model
 from .plugins import Registry, get_registry
@@ -50,6 +50,8 @@ class Trained:
     folder: Path
     clean_logits: torch.Tensor | None = None
     probe: dict = field(default_factory=dict)
+    #: model-scope metric name -> its result
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +100,9 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
         parts = check_plugins(suite, registry)
         dataset, attacks, defenses, metrics = parts.dataset, parts.attacks, parts.defenses, parts.metrics
         dev = resolve_device(device or suite.device)
+        # Model-scope metrics (latent geometry) run once per trained model; the rest once per cell.
+        model_metrics = [(m, x) for m, x in metrics if getattr(x, "scope", "cell") == "model"]
+        metrics = [(m, x) for m, x in metrics if getattr(x, "scope", "cell") != "model"]
 
     with stages("data"):
         if suite.eval_split not in dataset.splits():
@@ -123,6 +128,9 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
             with stages("checks"):
                 first = next(iter(dataset.batches(suite.eval_split, min(suite.batch_size, eval_n), limit=eval_n)))
                 tr.probe = probe_model(tr.model, dataset.task, first.to(dev))
+            if model_metrics:
+                with stages("model_metrics"):
+                    _model_metrics(suite, dataset, tr, model_metrics, eval_id, eval_n, store, dev, reporter)
             for aspec, attack in attacks:
                 for tspec in suite.threats:
                     missing = [m for m in tspec.modalities if m not in tr.model.modalities]
@@ -205,6 +213,39 @@ def check_batch(batch, dataset, plugin: str) -> None:
         raise UserError(f"dataset {plugin!r} yielded {len(batch.ids)} sample ids for {len(batch)} samples")
 
 
+def _model_metrics(suite, dataset, tr: Trained, model_metrics, eval_id, eval_n, store, dev, reporter) -> None:
+    cache: dict[str, tuple] = {}
+
+    @torch.no_grad()
+    def latents(split: str):
+        if split not in cache:
+            limit = eval_n if split == suite.eval_split else None
+            parts, targets, ids = {}, [], []
+            for batch in dataset.batches(split, suite.batch_size, limit=limit):
+                for name, z in tr.model.embed(batch.to(dev).inputs).items():
+                    parts.setdefault(name, []).append(z.float().cpu())
+                targets.append(batch.target.cpu())
+                ids.extend(batch.ids)
+            cache[split] = ({k: torch.cat(v) for k, v in parts.items()}, torch.cat(targets), ids)
+        return cache[split]
+
+    ev = ModelEvidence(task=dataset.task, model=tr.model, seed=suite.seed, eval_split=suite.eval_split, latents=latents)
+    for mspec, metric in model_metrics:
+        key = sha256_json({"format": STORE_FORMAT, "train": tr.key, "metric": mspec.identity(), "eval": eval_id,
+                           "seed": suite.seed})[:20]
+        path = store.root / "model_metrics" / f"{key}.json"
+        if path.exists():
+            tr.metrics[mspec.name] = json.loads(path.read_text())
+            continue
+        reporter.log(f"model {tr.spec.name}: {mspec.name}")
+        t = time.perf_counter()
+        result = dict(metric.compute_model(ev))
+        result["wall_s"] = round(time.perf_counter() - t, 3)
+        result["higher_is_better"] = dict(metric.higher_is_better)
+        atomic_write_json(path, result)
+        tr.metrics[mspec.name] = json.loads(path.read_text())  # as stored: NaN -> null, int keys -> str
+
+
 def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
         raise NumericalError(f"{what} contain NaN or inf; check the model's inputs, weights and training loss")
@@ -261,6 +302,7 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
     samples = [
         {
             "id": sid,
+            "target": _pred(ev.target[i]) if task.kind == "multilabel" else int(ev.target[i]),
             "clean_pred": _pred(clean_pred[i]),
             "adv_pred": _pred(adv_pred[i]),
             "clean_correct": bool(clean_ok[i]),

@@ -1,8 +1,9 @@
 """Latent-space robustness metrics: convexity, density (k-NN purity, margin ratio), linear probes.
 
-Pure functions on tensors of latents; nothing here is registered as a plugin yet. The core calls
-them per model and per named latent (``AVModel.embed(inputs)[name]``), and correlates the
-per-class values with each class's adversarial drop (``predicts_robustness``). The definitions,
+Pure functions on tensors of latents, and two model-scope metric plugins on top of them
+(``convexity``, ``density``, at the end of this module): the core runs those once per trained
+model with the latents of ``AVModel.embed(inputs)[name]``, and correlates their per-class values
+with each class's robust-accuracy drop (Spearman, in the report). The definitions,
 and which parts follow the seed code and which are avharness's own, are in
 ``docs/latent_metrics.md``.
 
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from avharness import generator
+from avharness import UserError, generator, hookimpl
 
 __all__ = [
     "LinearProbe", "convexity", "density", "fit_linear_probe", "predicts_robustness",
@@ -682,3 +683,88 @@ def predicts_robustness(per_class_metric: dict, per_class_drop: dict) -> dict:
         return {"spearman_rho": math.nan, "p_value": math.nan, "n_classes": n}
     res = spearmanr(a, b)
     return {"spearman_rho": float(res.statistic), "p_value": float(res.pvalue), "n_classes": n}
+
+
+# ------------------------------------------------------------------ metric plugins (model scope)
+
+def _str_keys(d: dict) -> dict:
+    return {str(k): (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def _pick_latents(requested, available: dict, metric: str) -> list[str]:
+    names = list(requested) if requested else sorted(available)
+    for n in names:
+        if n not in available:
+            raise UserError(f"{metric}: the model has no latent {n!r}; it has: {', '.join(sorted(available))}")
+    return names
+
+
+class ConvexityMetric:
+    """Convexity of each class in each named latent (docs/latent_metrics.md), once per trained model.
+
+    The head latent is scored by the model's own head; any other latent by a linear probe fitted on
+    the ``probe_split`` latents.
+    """
+
+    scope = "model"
+    higher_is_better = {"convexity": True}
+
+    def __init__(self, latents: list | None = None, pairs_per_class: int = 2000, thresholds: list | None = None,
+                 probe_split: str = "train"):
+        if isinstance(pairs_per_class, bool) or not isinstance(pairs_per_class, int) or pairs_per_class < 1:
+            raise UserError(f"convexity: pairs_per_class must be an integer >= 1, got {pairs_per_class!r}")
+        self.latents, self.pairs, self.probe_split = latents, pairs_per_class, probe_split
+        self.thresholds = tuple(thresholds) if thresholds else (0.1, 0.3, 0.5)
+
+    def compute_model(self, ev) -> dict:
+        lat, y, ids = ev.latents(ev.eval_split)
+        model, kind, k = ev.model, ev.task.kind, ev.task.num_classes
+        device = next(model.parameters()).device
+        out, series = {}, {}
+        for name in _pick_latents(self.latents, lat, "convexity"):
+            if name == model.head_latent:
+                def scorer(z):
+                    with torch.no_grad():
+                        return model.head(z.to(device)).float().cpu()
+                how = "model head"
+            else:
+                train, ytr, _ = ev.latents(self.probe_split)
+                scorer = fit_linear_probe(train[name], ytr, kind, seed=ev.seed, num_classes=k)
+                how = f"linear probe fitted on {self.probe_split}"
+            res = convexity(lat[name], y, scorer, kind, pairs_per_class=self.pairs, thresholds=self.thresholds,
+                            seed=ev.seed, ids=ids, num_classes=k)
+            rules = list(res["per_class"])
+            out[name] = {"scorer": how, "mean": res["mean"],
+                         "per_class": {r: _str_keys(v) for r, v in res["per_class"].items()}}
+            series[f"{name}/{rules[0]}"] = _str_keys(res["per_class"][rules[0]])
+        return {"latents": out, "per_class": series,
+                "params": {"pairs_per_class": self.pairs, "thresholds": list(self.thresholds), "seed": ev.seed}}
+
+
+class DensityMetric:
+    """k-NN purity and margin ratio of each class in each named latent (ours; docs/latent_metrics.md)."""
+
+    scope = "model"
+    higher_is_better = {"knn_purity": True, "margin_share_gt1": True, "margin_ratio_median": True}
+
+    def __init__(self, latents: list | None = None, k: int = 10, normalize: bool = False):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UserError(f"density: k must be an integer >= 1, got {k!r}")
+        self.latents, self.k, self.normalize = latents, k, normalize
+
+    def compute_model(self, ev) -> dict:
+        lat, y, _ = ev.latents(ev.eval_split)
+        out, series = {}, {}
+        for name in _pick_latents(self.latents, lat, "density"):
+            res = density(lat[name], y, ev.task.kind, k=self.k, normalize=self.normalize, num_classes=ev.task.num_classes)
+            out[name] = {"mean": res["mean"], "overall": res["overall"],
+                         "per_class": {m: _str_keys(v) for m, v in res["per_class"].items()}}
+            series[f"{name}/knn_purity"] = _str_keys(res["per_class"]["knn_purity"])
+            series[f"{name}/margin_share_gt1"] = _str_keys(res["per_class"]["margin_share_gt1"])
+        return {"latents": out, "per_class": series, "params": {"k": self.k, "normalize": self.normalize}}
+
+
+@hookimpl
+def register_metrics(register):
+    register("convexity", ConvexityMetric)
+    register("density", DensityMetric)
