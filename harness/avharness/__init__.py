@@ -6,7 +6,7 @@ through entry points in group ``avharness`` (the built-ins included).
 
 __version__ = "0.1.0"
 
-from .contracts import Attack, Defense, Evidence, FitContext, Metric, ModelEvidence, ModelMetric
+from .contracts import Attack, AttackOutput, Defense, Evidence, FitContext, Metric, ModelEvidence, ModelMetric
 from .data import Batch, Dataset, InputSpec
 from .errors import NumericalError, UserError
 from .hookspecs import hookimpl
@@ -17,7 +17,7 @@ from .task import Task
 from .threat import Budget, ThreatModel
 
 __all__ = [
-    "Attack", "AVModel", "Batch", "Budget", "Dataset", "Defense", "Evidence", "FitContext",
+    "Attack", "AttackOutput", "AVModel", "Batch", "Budget", "Dataset", "Defense", "Evidence", "FitContext",
     "InputSpec", "Metric", "ModelEvidence", "ModelMetric", "NumericalError", "SampleRNG", "Task", "ThreatModel", "UserError",
     "create_model", "derive_seed", "generator", "get_registry", "hookimpl", "load_model",
     "model_spec", "save_model", "seed_everything",

@@ -18,6 +18,19 @@ from .task import Task
 from .threat import ThreatModel
 
 
+@dataclass
+class AttackOutput:
+    """What ``perturb`` may return instead of a bare dict, to report what the attack spent or saw.
+
+    ``stats`` are per-batch counts (e.g. ``forward_samples``, ``backward_samples``, or per-stage
+    counts of an ensemble); the runner sums them over the batches of a cell into
+    ``cell["attack_stats"]``.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Attack(Protocol):
     def perturb(
@@ -28,7 +41,7 @@ class Attack(Protocol):
         threat: ThreatModel,
         task: Task,
         rng: SampleRNG,
-    ) -> dict[str, torch.Tensor]:
+    ) -> "dict[str, torch.Tensor] | AttackOutput":
         """Adversarial inputs for every modality (unattacked ones returned unchanged).
 
         Must keep each attacked modality inside its budget and bounds, must not modify ``inputs``,

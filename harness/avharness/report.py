@@ -55,6 +55,7 @@ def build_report(res: RunResult, started: str) -> dict:
             "threat": c["threat"], "step": c["step"], "eps": c["eps"], "norm": c["norm"], "canonical": c["canonical"],
             "n": c["n"], "clean_accuracy": acc[0], "robust_accuracy": acc[1],
             "metrics": c["metrics"], "higher_is_better": c["higher_is_better"],
+            "attack_stats": c.get("attack_stats", {}),
             "wall_s": c["wall_s"], "reused": c["reused"],
         })
     return {

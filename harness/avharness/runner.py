@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .checks import probe_model
-from .contracts import Evidence, FitContext, ModelEvidence
+from .contracts import AttackOutput, Evidence, FitContext, ModelEvidence
 from .errors import NumericalError, UserError
 from .model import AVModel, load_model, model_spec, save_model
 from .plugins import Registry, get_registry
@@ -267,6 +267,7 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
     t0 = time.perf_counter()
     ids, targets, adv_logits = [], [], []
     stats = {m: {"linf": [], "l2": [], "signal_l2": []} for m in threat.modalities}
+    attack_stats: dict[str, float] = {}
     rng_key = f"{sha256_json(aspec.identity())[:12]}|{threat.canonical()}"
     label = f"{aspec.name} {tspec.name} eps#{step} on {tr.spec.name}"
     advance = reporter.task(label, (n + suite.batch_size - 1) // suite.batch_size)
@@ -276,6 +277,10 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
         clean = {k: v for k, v in batch.inputs.items()}
         snapshot = {k: v.clone() for k, v in clean.items()}
         adv = attack.perturb(tr.model, clean, batch.target, threat, task, SampleRNG(suite.seed, rng_key, batch.ids))
+        if isinstance(adv, AttackOutput):
+            for k, v in adv.stats.items():
+                attack_stats[k] = attack_stats.get(k, 0) + float(v)
+            adv = adv.inputs
         _verify(aspec.name, threat, snapshot, clean, adv, tr.model.modalities)
         with torch.no_grad():
             logits = tr.model(adv).float().cpu()
@@ -320,6 +325,7 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
         "n": len(ids),
         "metrics": values,
         "higher_is_better": directions,
+        "attack_stats": attack_stats,
         "wall_s": round(time.perf_counter() - t0, 3),
         "samples": samples,
     }
