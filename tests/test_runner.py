@@ -181,3 +181,13 @@ def test_model_scope_latent_metrics(example, tmp_path):
     assert [p.stat().st_mtime_ns for p in stored] == before
     assert again["models"][1]["metrics"]["density"]["latents"] == fused["metrics"]["density"]["latents"]
     assert "Do latent metrics predict robustness?" in (out / "report.md").read_text()
+
+
+def test_ensemble_stages_in_the_report(example, tmp_path):
+    suite = GOOD.replace("  - {plugin: fgsm}\n", "  - {plugin: ensemble, attacks: [fgsm, {plugin: pgd, steps: 3}]}\n")
+    out = tmp_path / "out"
+    r = run(tmp_path, out, suite=suite)
+    cell = next(c for c in r["cells"] if c["attack"] == "ensemble" and c["step"] == 1)
+    assert {"0:fgsm/attacked", "0:fgsm/robust_after", "1:pgd/robust_after"} <= set(cell["attack_stats"])
+    assert cell["attack_stats"]["1:pgd/robust_after"] == round(cell["robust_accuracy"] * cell["n"])
+    assert "## Attack stages" in (out / "report.md").read_text()

@@ -276,6 +276,18 @@ def render_markdown(r: dict) -> str:
                      [[c["name"], c["status"].upper(), c["subject"], _num(c["value"]) if not isinstance(c["value"], bool) else str(c["value"]),
                        str(c["threshold"]), c["doc"]] for c in failed]) + [""]
 
+    staged = [c for c in cells if any(k.endswith("/robust_after") for k in c["attack_stats"])]
+    if staged:
+        md += ["## Attack stages", "", "Robust accuracy after each stage of a cascade (each stage attacks only the "
+               "samples still robust), and the forward passes spent (samples).", ""]
+        rows = []
+        for c in staged:
+            st = c["attack_stats"]
+            stages_ = [k[: -len("/robust_after")] for k in st if k.endswith("/robust_after")]
+            rows.append([c["id"], _eps_label(c), " → ".join(f"{s_}: {_pct(st[s_ + '/robust_after'] / c['n'])}" for s_ in stages_),
+                         f"{st.get('forward_samples', 0):.0f}"])
+        md += _table(["cell", "budget", "robust after each stage", "forward samples"], rows) + [""]
+
     if r["skipped"]:
         md += ["## Skipped", ""]
         seen = set()
