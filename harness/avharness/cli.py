@@ -38,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list installed plugins with their distribution")
     ls.add_argument("kind", nargs="?", choices=["dataset", "model", "attack", "defense", "metric"])
 
+    pl = sub.add_parser("plugin", help="plugin tools for authors")
+    plsub = pl.add_subparsers(dest="plugin_command", required=True)
+    pc = plsub.add_parser("check", help="run the contract tests on a plugin; exit 1 when one fails")
+    pc.add_argument("name", help="plugin name, as in `avharness list`")
+    pc.add_argument("--kind", choices=["dataset", "model", "attack", "defense", "metric"], help="when the name is ambiguous")
+    pc.add_argument("--data", default="avdigits", help="dataset whose task and specs models are checked on (default avdigits)")
+    pc.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a plugin parameter (VALUE read as YAML), e.g. --param steps=20")
+
     c = sub.add_parser("check", help="compare a report with a baseline; exit 1 when a metric moved")
     c.add_argument("report", help="report.json (or its folder)")
     c.add_argument("--baseline", required=True, help="baseline report.json")
@@ -48,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check}[args.command](args)
+        commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "plugin": cmd_plugin}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"avharness: error: {exc}", file=sys.stderr)
         return EXIT_USER
@@ -115,6 +125,26 @@ def cmd_list(args) -> int:
         table.add_row(kind, name, " & ".join(e.dist for e in entries), "", "CONFLICT: registered twice")
     Console(width=None if sys.stdout.isatty() else 140).print(table)
     return 0  # plugins that failed to load were already reported on stderr by get_registry
+
+
+def cmd_plugin(args) -> int:
+    from .conformance import check_plugin
+    from .plugins import get_registry
+
+    from .yamlload import parse_yaml
+
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            raise UserError(f"--param {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        params[key.strip()] = parse_yaml(value, f"--param {key.strip()}")
+    results = check_plugin(args.name, get_registry(), kind=args.kind, data=args.data, params=params)
+    for name, ok, detail in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  ({detail})" if detail else ""))
+    failed = sum(not ok for _, ok, _ in results)
+    print(f"{args.name}: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 def cmd_check(args) -> int:
