@@ -79,3 +79,36 @@ def test_weak_iterative_attack_and_non_monotone_sweep_fail():
 def test_eps_zero_that_changes_accuracy_fails():
     s = statuses(cell_checks([cell("pgd", 0, 0.8)], {"pgd": True}))
     assert s["eps_zero_noop"] == "fail"
+
+
+def test_too_few_steps_fails_loss_converged():
+    cells = [cell("pgd", 1, 0.5)]
+    cells[0]["attack_stats"] = {"unbroken_loss_rising_at_end": 40, "unbroken_at_end": 50}
+    assert statuses(cell_checks(cells, {"pgd": True}))["loss_converged"] == "fail"
+    cells[0]["attack_stats"] = {"unbroken_loss_rising_at_end": 2, "unbroken_at_end": 50}
+    assert statuses(cell_checks(cells, {"pgd": True}))["loss_converged"] == "pass"
+
+
+def test_gradient_free_attack_beating_gradient_attacks_fails():
+    cells = [cell("pgd", 1, 0.5), cell("square", 1, 0.3)]
+    s = statuses(cell_checks(cells, {"pgd": True, "square": True}, {"square": True}))
+    assert s["gradient_free_not_stronger"] == "fail"
+    cells = [cell("pgd", 1, 0.3), cell("square", 1, 0.4)]
+    assert statuses(cell_checks(cells, {"pgd": True}, {"square": True}))["gradient_free_not_stronger"] == "pass"
+
+
+def test_one_step_pgd_on_a_real_run_flags_too_few_steps(example, tmp_path):
+    """A deliberately weak attack (1 step) makes the convergence check complain in a real report."""
+    from avharness.cli import main
+    from test_cli import GOOD, write
+    import json
+
+    suite = GOOD.replace("  - {plugin: pgd, steps: 5}\n", "  - {plugin: pgd, steps: 1}\n")
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, suite)), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert statuses(report["checks"])["loss_converged"] == "fail"
+    assert main(["run", str(write(tmp_path, suite)), "-o", str(out), "-q", "--strict"]) == 1
+    # enough steps: the same check passes and --strict is content
+    strong = GOOD.replace("  - {plugin: pgd, steps: 5}\n", "  - {plugin: pgd, steps: 30}\n")
+    assert main(["run", str(write(tmp_path, strong)), "-o", str(tmp_path / "ok"), "-q", "--strict"]) == 0

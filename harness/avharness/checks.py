@@ -51,8 +51,10 @@ def model_checks(name: str, probe: dict) -> list[dict]:
     ]
 
 
-def cell_checks(cells: list[dict], iterative: dict[str, bool | None]) -> list[dict]:
+def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
+                gradient_free: dict[str, bool] | None = None) -> list[dict]:
     out = []
+    gradient_free = gradient_free or {}
     # eps = 0 must change nothing; robust must imply clean-correct for every sample.
     zero_bad = [c["id"] for c in cells if all(e == 0 for e in c["eps"].values()) and c["robust_accuracy"] != c["clean_accuracy"]]
     out.append(check("eps_zero_noop", "pass" if not zero_bad else "fail", len(zero_bad), 0,
@@ -95,6 +97,33 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None]) -> list[di
         out.append(check("iterative_beats_single_step", _status(worst, n), worst, 0.0,
                          "largest excess of an iterative attack's robust accuracy over a single-step attack's at "
                          "the same budget; a positive value means too few steps or a bad step size", where))
+
+    # Too few steps: among samples an attack did not break, the loss was still rising at its last step.
+    rising = sum(c.get("attack_stats", {}).get("unbroken_loss_rising_at_end", 0) for c in cells)
+    unbroken = sum(c.get("attack_stats", {}).get("unbroken_at_end", 0) for c in cells)
+    if unbroken:
+        share = rising / unbroken
+        worst = max((c for c in cells if c.get("attack_stats", {}).get("unbroken_at_end")),
+                    key=lambda c: c["attack_stats"]["unbroken_loss_rising_at_end"] / c["attack_stats"]["unbroken_at_end"])
+        out.append(check("loss_converged", "pass" if share <= 0.1 else ("warn" if share <= 0.3 else "fail"), share, 0.1,
+                         "share of samples the attack did not break whose best loss still grew by more than 10% of "
+                         "its total gain in the last 20% of the steps (all of them for a 1-step attack); a high "
+                         "share means too few steps, so robust accuracy is overstated", worst["id"]))
+
+    # A gradient-free attack beating the gradient attacks points at masked gradients (AutoAttack's flag).
+    worst, where, compared = 0.0, "", 0
+    for key, cs in groups.items():
+        free = [c["robust_accuracy"] for c in cs if gradient_free.get(c["attack"])]
+        grad = [c["robust_accuracy"] for c in cs if not gradient_free.get(c["attack"])]
+        if free and grad:
+            compared += 1
+            gap = min(grad) - min(free)
+            if gap > worst:
+                worst, where = gap, "/".join(map(str, key))
+    if compared:
+        out.append(check("gradient_free_not_stronger", "pass" if worst <= 0.02 else "fail", worst, 0.02,
+                         "largest margin by which a gradient-free attack beats every gradient attack at the same "
+                         "budget; gradient attacks should win, so a margin suggests gradient masking", where))
     return out
 
 

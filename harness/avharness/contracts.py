@@ -18,17 +18,21 @@ from .task import Task
 from .threat import ThreatModel
 
 
-@dataclass
-class AttackOutput:
+class AttackOutput(dict):
     """What ``perturb`` may return instead of a bare dict, to report what the attack spent or saw.
 
-    ``stats`` are per-batch counts (e.g. ``forward_samples``, ``backward_samples``, or per-stage
-    counts of an ensemble); the runner sums them over the batches of a cell into
-    ``cell["attack_stats"]``.
+    It is the dict of adversarial inputs itself (so callers that index it keep working), plus
+    ``stats``: per-batch counts (e.g. ``forward_samples``, ``backward_samples``, or per-stage counts
+    of an ensemble) that the runner sums over the batches of a cell into ``cell["attack_stats"]``.
     """
 
-    inputs: dict[str, torch.Tensor]
-    stats: dict[str, float] = field(default_factory=dict)
+    def __init__(self, inputs: dict[str, torch.Tensor], stats: dict[str, float] | None = None):
+        super().__init__(inputs)
+        self.stats = dict(stats or {})
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return dict(self)
 
 
 @runtime_checkable

@@ -90,7 +90,8 @@ def build_report(res: RunResult, started: str) -> dict:
         ],
         "skipped": res.skipped,
         "checks": [ch for t in res.trained for ch in model_checks(f"{t.spec.name}/{t.defense.name}", t.probe)]
-                  + cell_checks([{**c, "samples": raw["samples"]} for c, raw in zip(cells, res.cells)], res.iterative),
+                  + cell_checks([{**c, "samples": raw["samples"]} for c, raw in zip(cells, res.cells)], res.iterative,
+                              res.gradient_free),
         "cells": cells,
         "metric_predicts_robustness": predictions(res),
         "per_sample": "samples.jsonl",

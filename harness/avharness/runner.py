@@ -26,7 +26,7 @@ from .store import Store, atomic_write_json, ensure_writable
 from .suite import PluginSpec, Suite, _Where, build_component, check_plugins, sha256_json
 
 #: bump when the meaning of a stored cell or checkpoint changes, so old ones are not reused
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -69,6 +69,7 @@ class RunResult:
     stages: dict = field(default_factory=dict)
     #: attack name -> whether it iterates (None: the plugin does not say), for the validity checks
     iterative: dict = field(default_factory=dict)
+    gradient_free: dict = field(default_factory=dict)
 
 
 class Stages:
@@ -117,6 +118,7 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
 
     result = RunResult(suite, registry, dataset, dev, eval_n, n_original, manifests)
     result.iterative = {a.name: getattr(attack, "iterative", None) for a, attack in attacks}
+    result.gradient_free = {a.name: bool(getattr(attack, "gradient_free", False)) for a, attack in attacks}
     data_id = {"data": suite.data.identity(), "manifests": manifests}
     eval_id = {"split": suite.eval_split, "n": eval_n, "manifest": manifests[suite.eval_split]}
 

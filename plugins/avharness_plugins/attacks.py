@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from avharness import NumericalError, UserError, hookimpl
+from avharness import AttackOutput, NumericalError, UserError, hookimpl
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -128,6 +128,10 @@ class GradientAttack:
             best_loss = torch.where(better, loss, best_loss)
             best_wrong = best_wrong | wrong
 
+        # Convergence evidence (last restart): the running max of each sample's loss after the first
+        # step, at 80% of the steps, and at the end.
+        mark = max(0, int(0.8 * self.steps) - 1)
+        first = at_mark = run_max = None
         for restart in range(self.restarts):
             adv = {m: self._start(clean[m], budgets[m], m, restart, rng) for m in attacked}
             for step in range(self.steps):
@@ -137,6 +141,11 @@ class GradientAttack:
                 grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
                 with torch.no_grad():
                     loss = loss.detach()
+                    run_max = loss if step == 0 else torch.maximum(run_max, loss)
+                    if step == 0:
+                        first = loss
+                    if step == mark:
+                        at_mark = run_max
                     nonfinite |= ~torch.isfinite(loss).all()
                     if self.keep_best:
                         consider({m: adv[m].detach() for m in attacked}, loss, ~task.correct(logits.detach(), target))
@@ -167,7 +176,23 @@ class GradientAttack:
             )
         for m in attacked:
             out[m] = best[m]
-        return out
+        extra = self.restarts if self.keep_best and self.restarts > 1 else 0
+        stats = {"forward_samples": float(batch * (self.steps * self.restarts + extra)),
+                 "backward_samples": float(batch * self.steps * self.restarts)}
+        if self.keep_best and first is not None:
+            # Among samples not broken, those whose best loss still grew by more than 10% of its
+            # total gain in the last 20% of the steps: more steps would likely find more. A single
+            # step shows no convergence at all, so every unbroken sample counts.
+            unbroken = ~best_wrong
+            if self.steps == 1:
+                rising = unbroken
+            else:
+                total = run_max - first
+                late = run_max - at_mark
+                rising = unbroken & (total > 1e-6) & (late > 0.1 * total)
+            stats["unbroken_loss_rising_at_end"] = float(rising.sum())
+            stats["unbroken_at_end"] = float(unbroken.sum())
+        return AttackOutput(out, stats)
 
 
 def build_fgsm() -> GradientAttack:
