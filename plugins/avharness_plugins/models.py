@@ -1,4 +1,4 @@
-"""Built-in models: small CNNs for audio, video, and their early and late fusion.
+"""Built-in models: small CNNs for audio, video, and their early, mid, late and score fusion.
 
 Shapes come from the dataset's specs, never from constants:
 
@@ -217,6 +217,87 @@ class LateFusion(AVModel):
         return self.classifier(latent)
 
 
+class MidFusion(AVModel):
+    """Fusion in time (the seed's mid fusion): per-time-step audio features (a 1-D conv over the
+    spectrogram's frames, pooled to the video's frame count) and per-frame video features are
+    concatenated step by step, projected, and mixed by a transformer encoder (``layers`` layers,
+    not weight-shared, unlike the seed); the mean over steps is the fused latent."""
+
+    modalities = ("audio", "video")
+    head_latent = "fused"
+
+    def __init__(self, task: Task, specs: dict[str, InputSpec], width: int = 32, latent_dim: int = 64,
+                 dropout: float = 0.0, layers: int = 2, heads: int = 4):
+        super().__init__()
+        _check_params(width, latent_dim, dropout)
+        width, latent_dim = int(width), int(latent_dim)
+        if int(layers) < 1 or int(heads) < 1 or latent_dim % int(heads):
+            raise UserError(f"mid_fusion: layers and heads must be >= 1 and heads must divide latent_dim "
+                            f"({latent_dim}), got layers={layers}, heads={heads}")
+        _, bins = _spec(specs, "audio", (2,), "mid_fusion").shape
+        self.frames, self.channels, self.height, self.width = _video_frames(_spec(specs, "video", (3, 4), "mid_fusion"))
+        self.audio = nn.Sequential(
+            nn.Conv1d(bins, 2 * width, 5, padding=2), _norm(2 * width), nn.ReLU(),
+            nn.Conv1d(2 * width, latent_dim, 3, stride=2, padding=1), _norm(latent_dim), nn.ReLU(),
+            nn.AdaptiveAvgPool1d(self.frames),
+        )
+        self.video_convs = ConvStack(self.channels, width, (self.height, self.width))
+        self.video_proj = _projection(self.video_convs.features, latent_dim)
+        self.mix = nn.Linear(2 * latent_dim, latent_dim)
+        self.position = nn.Parameter(torch.zeros(1, self.frames, latent_dim))
+        layer = nn.TransformerEncoderLayer(latent_dim, int(heads), 2 * latent_dim, dropout=float(dropout), batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, int(layers), enable_nested_tensor=False)
+        self.classifier = nn.Sequential(nn.LayerNorm(latent_dim), nn.ReLU(), nn.Dropout(dropout),
+                                        nn.Linear(latent_dim, task.num_classes))
+
+    def embed(self, inputs):
+        audio, video = inputs["audio"], inputs["video"]
+        b = audio.shape[0]
+        a = self.audio(audio.transpose(1, 2)).transpose(1, 2)  # [B, steps, d]
+        frames = video.reshape(b * self.frames, self.channels, self.height, self.width)
+        v = self.video_proj(self.video_convs(frames)).view(b, self.frames, -1)  # [B, steps, d]
+        h = self.encoder(self.mix(torch.cat([a, v], dim=2)) + self.position).mean(1)
+        return {"audio": a.mean(1), "video": v.mean(1), "fused": h}
+
+    def head(self, latent):
+        return self.classifier(latent)
+
+
+class ScoreFusion(AVModel):
+    """Fusion of the outputs (the seed's ``SuperLateFusion``): an audio and a video model, each with
+    its own classifier, whose class probabilities are averaged with weights ``audio_weight`` and
+    1 - ``audio_weight`` (the seed used 0.6 / 0.4). The fused latent is the pair of uni-modal logits;
+    the head returns the logits of the averaged probabilities (log-probabilities for multiclass,
+    log-odds for multilabel), so ``forward`` still returns logits."""
+
+    modalities = ("audio", "video")
+    head_latent = "fused"
+
+    def __init__(self, task: Task, specs: dict[str, InputSpec], width: int = 32, latent_dim: int = 64,
+                 dropout: float = 0.0, audio_weight: float = 0.6):
+        super().__init__()
+        if not 0.0 <= float(audio_weight) <= 1.0:
+            raise UserError(f"score_fusion: audio_weight must be in [0, 1], got {audio_weight}")
+        self.audio = AudioCNN(task, specs, width, latent_dim, dropout)
+        self.video = VideoCNN(task, specs, width, latent_dim, dropout)
+        self.kind, self.weight = task.kind, float(audio_weight)
+
+    def embed(self, inputs):
+        z_a = self.audio.embed(inputs)["audio"]
+        z_v = self.video.embed(inputs)["video"]
+        return {"audio": z_a, "video": z_v, "fused": torch.stack([self.audio.head(z_a), self.video.head(z_v)], 1)}
+
+    def head(self, latent):
+        la, lv = latent[:, 0], latent[:, 1]
+        w = torch.tensor([self.weight, 1.0 - self.weight], dtype=latent.dtype, device=latent.device)
+        if self.kind == "multiclass":
+            # log(w_a softmax(la) + w_v softmax(lv)), computed stably in log space
+            return torch.logsumexp(torch.stack([la.log_softmax(1), lv.log_softmax(1)], 0)
+                                   + w.clamp_min(1e-30).log().view(2, 1, 1), dim=0)
+        p = (w[0] * la.sigmoid() + w[1] * lv.sigmoid()).clamp(1e-7, 1 - 1e-7)
+        return p.log() - (-p).log1p()
+
+
 def build_audio_cnn(task, specs, width: int = 32, latent_dim: int = 64, dropout: float = 0.0) -> AudioCNN:
     return AudioCNN(task, specs, width=width, latent_dim=latent_dim, dropout=dropout)
 
@@ -233,8 +314,20 @@ def build_late_fusion(task, specs, width: int = 32, latent_dim: int = 64, dropou
     return LateFusion(task, specs, width=width, latent_dim=latent_dim, dropout=dropout)
 
 
+def build_mid_fusion(task, specs, width: int = 32, latent_dim: int = 64, dropout: float = 0.0, layers: int = 2,
+                     heads: int = 4) -> MidFusion:
+    return MidFusion(task, specs, width=width, latent_dim=latent_dim, dropout=dropout, layers=layers, heads=heads)
+
+
+def build_score_fusion(task, specs, width: int = 32, latent_dim: int = 64, dropout: float = 0.0,
+                       audio_weight: float = 0.6) -> ScoreFusion:
+    return ScoreFusion(task, specs, width=width, latent_dim=latent_dim, dropout=dropout, audio_weight=audio_weight)
+
+
 @hookimpl
 def register_models(register):
+    register("mid_fusion", build_mid_fusion)
+    register("score_fusion", build_score_fusion)
     register("audio_cnn", build_audio_cnn)
     register("video_cnn", build_video_cnn)
     register("early_fusion", build_early_fusion)
