@@ -112,3 +112,42 @@ def test_one_step_pgd_on_a_real_run_flags_too_few_steps(example, tmp_path):
     # enough steps: the same check passes and --strict is content
     strong = GOOD.replace("  - {plugin: pgd, steps: 5}\n", "  - {plugin: pgd, steps: 30}\n")
     assert main(["run", str(write(tmp_path, strong)), "-o", str(tmp_path / "ok"), "-q", "--strict"]) == 0
+
+
+QUANTIZED = """
+import torch
+import avharness
+from avharness_example import LinearAV
+
+
+class Quantized(LinearAV):
+    '''linear_av behind a rounding step: a non-differentiable front end (zero input gradients).'''
+
+    def embed(self, inputs):
+        return super().embed({m: torch.round(x) for m, x in inputs.items()})
+
+
+@avharness.hookimpl
+def register_models(register):
+    register("quantized_av", Quantized)
+"""
+
+
+def test_quantized_model_fails_the_gradient_check_in_the_report(example, with_site, tmp_path):
+    """A deliberately broken model (rounding in front of it) makes zero_gradient_share fail."""
+    from avharness.cli import main
+    from conftest import make_dist
+    from test_cli import GOOD, write
+    import json
+
+    site = tmp_path / "site"
+    site.mkdir()
+    make_dist(site, "quantized-plugin", "quantized_plugin", QUANTIZED)
+    with_site(example, site)
+    suite = GOOD.replace("plugin: linear_av}\n", "plugin: quantized_av}\n")
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, suite)), "-o", str(out), "-q", "--strict"]) == 1
+    checks = {(c["name"], c["subject"]): c for c in json.loads((out / "report.json").read_text())["checks"]}
+    assert checks[("zero_gradient_share", "fused/standard")]["status"] == "fail"
+    assert checks[("zero_gradient_share", "fused/standard")]["value"] == 1.0
+    assert checks[("zero_gradient_share", "audio/standard")]["status"] == "pass"
