@@ -143,30 +143,35 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
                         })
                         continue
                     for step in range(tspec.steps):
-                        threat = tspec.at(step, dataset.specs)
-                        key = sha256_json({
-                            "format": STORE_FORMAT, "train": tr.key, "attack": aspec.identity(),
-                            "threat": threat.canonical(), "eval": eval_id, "seed": suite.seed,
-                            "metrics": [m.identity() for m, _ in metrics],
-                        })[:20]
-                        cell = store.load_cell(key)
-                        if cell is not None:
-                            cell["reused"] = True
-                        else:
-                            if tr.clean_logits is None:
-                                with stages("clean"):
-                                    tr.clean_logits = _clean_pass(suite, dataset, tr, dev, eval_n)
-                            with stages("attack"):
-                                cell = _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics,
-                                                    dev, eval_n, reporter)
-                            cell["key"] = key
-                            store.save_cell(key, cell)
-                            cell["reused"] = False
+                        cell = _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval_n, store,
+                                     stages, dev, reporter)
                         cell.update(model=mspec.name, defense=dspec.name, attack=aspec.name, threat=tspec.name)
                         result.cells.append(cell)
     stages.times["total"] = time.perf_counter() - started
     result.stages = {f"{k}_s": round(v, 3) for k, v in stages.times.items()}
     return result
+
+
+def _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval_n, store, stages, dev, reporter) -> dict:
+    """One cell from the store, or computed and stored."""
+    threat = tspec.at(step, dataset.specs)
+    key = sha256_json({
+        "format": STORE_FORMAT, "train": tr.key, "attack": aspec.identity(), "threat": threat.canonical(),
+        "eval": eval_id, "seed": suite.seed, "metrics": [m.identity() for m, _ in metrics],
+    })[:20]
+    cell = store.load_cell(key)
+    if cell is not None:
+        cell["reused"] = True
+        return cell
+    if tr.clean_logits is None:
+        with stages("clean"):
+            tr.clean_logits = _clean_pass(suite, dataset, tr, dev, eval_n)
+    with stages("attack"):
+        cell = _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics, dev, eval_n, reporter)
+    cell["key"] = key
+    store.save_cell(key, cell)
+    cell["reused"] = False
+    return cell
 
 
 def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, store, dev, reporter) -> Trained:
