@@ -172,7 +172,8 @@ def _num(x) -> str:
 
 
 def _eps_label(cell: dict) -> str:
-    return ", ".join(f"{m} {cell['norm'][m]} {cell['eps'][m]:g}" for m in sorted(cell["eps"]))
+    return ", ".join(f"{m} unbounded" if cell["norm"][m] == "none" else f"{m} {cell['norm'][m]} {cell['eps'][m]:g}"
+                     for m in sorted(cell["eps"]))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -293,10 +294,11 @@ def render_markdown(r: dict) -> str:
         md += ["## Skipped", ""]
         seen = set()
         for sk in r["skipped"]:
-            k = (sk["model"], sk["threat"])
+            k = (sk["model"], sk["threat"], sk["reason"])
             if k not in seen:
                 seen.add(k)
-                md.append(f"- {sk['model']} × {sk['threat']}: {sk['reason']}")
+                who = f"{sk['model']} × {sk['threat']}" if "model reads" in sk["reason"] else f"{sk['model']} × {sk['attack']} × {sk['threat']}"
+                md.append(f"- {who}: {sk['reason']}")
         md.append("")
 
     md += ["## Wall time per stage (s)", ""]

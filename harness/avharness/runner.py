@@ -135,12 +135,10 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
                     _model_metrics(suite, dataset, tr, model_metrics, eval_id, eval_n, store, dev, reporter)
             for aspec, attack in attacks:
                 for tspec in suite.threats:
-                    missing = [m for m in tspec.modalities if m not in tr.model.modalities]
-                    if missing:
-                        result.skipped.append({
-                            "model": mspec.name, "defense": dspec.name, "attack": aspec.name, "threat": tspec.name,
-                            "reason": f"model reads {', '.join(tr.model.modalities)}; threat attacks {', '.join(missing)}",
-                        })
+                    reason = _skip_reason(tr.model, attack, tspec)
+                    if reason:
+                        result.skipped.append({"model": mspec.name, "defense": dspec.name, "attack": aspec.name,
+                                               "threat": tspec.name, "reason": reason})
                         continue
                     for step in range(tspec.steps):
                         cell = _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval_n, store,
@@ -150,6 +148,17 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
     stages.times["total"] = time.perf_counter() - started
     result.stages = {f"{k}_s": round(v, 3) for k, v in stages.times.items()}
     return result
+
+
+def _skip_reason(model, attack, tspec) -> str:
+    """Why this (model, attack, threat) combination has no cells, or ""."""
+    missing = [m for m in tspec.modalities if m not in model.modalities]
+    if missing:
+        return f"model reads {', '.join(model.modalities)}; threat attacks {', '.join(missing)}"
+    unbounded = [m for m in tspec.modalities if tspec.norms[m] == "none"]
+    if unbounded and not getattr(attack, "unbounded", False):
+        return f"threat is unbounded (norm none) on {', '.join(unbounded)}; only corruptions take such threats"
+    return ""
 
 
 def _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval_n, store, stages, dev, reporter) -> dict:
@@ -357,7 +366,7 @@ def _verify(attack: str, threat, snapshot, clean, adv, model_modalities) -> None
         delta = (adv[m] - x).flatten(1).double()
         size = delta.abs().amax(1) if b.norm == "linf" else delta.norm(dim=1)
         slack = 1e-5 * max(b.eps, 1.0)
-        if b.eps == 0 and not torch.equal(adv[m], x) or (size > b.eps + slack).any():
+        if b.norm != "none" and (b.eps == 0 and not torch.equal(adv[m], x) or (size > b.eps + slack).any()):
             raise RuntimeError(f"attack {attack!r} exceeded its {b.norm} budget {b.eps:g} on {m!r} "
                                f"(max {float(size.max()):.6g}; a plugin bug)")
         if (adv[m] < b.bounds[0]).any() or (adv[m] > b.bounds[1]).any():

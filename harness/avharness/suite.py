@@ -250,7 +250,8 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         "models": [{"name": m.name, **m.identity()} for m in models],
         "defenses": [{"name": d.name, **d.identity()} for d in defenses],
         "attacks": [{"name": a.name, **a.identity()} for a in attacks],
-        "threats": [{"name": t.name, **{m: {"norm": t.norms[m], "eps": t.eps[m]} for m in t.modalities}} for t in threats],
+        "threats": [{"name": t.name, **{m: ({"norm": "none"} if t.norms[m] == "none" else {"norm": t.norms[m], "eps": t.eps[m]})
+                                        for m in t.modalities}} for t in threats],
         "metrics": [{"name": m.name, **m.identity()} for m in metrics],
     }
     return Suite(path, name, version, seed, device, data, split, batch_size, limit, models, defenses, attacks,
@@ -328,6 +329,11 @@ def _threats(w: _Where, items) -> list[ThreatSpec]:
             norm = budget.get("norm")
             if norm not in NORMS:
                 raise w.error(f"{mwhere}.norm", _line(budget, "norm"), f"must be one of {', '.join(NORMS)}, got {norm!r}")
+            if norm == "none":  # unbounded (corruptions): only the valid range holds
+                if "eps" in budget:
+                    raise w.error(f"{mwhere}.eps", _line(budget, "eps"), "norm none is unbounded and takes no eps; remove it")
+                norms[modality], eps[modality] = norm, [math.inf]
+                continue
             if "eps" not in budget:
                 raise w.error(mwhere, mline, "missing required key 'eps' (a number or a list of numbers)")
             values = budget["eps"]

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-NORMS = ("linf", "l2")
+#: "none" is an unbounded threat (corruptions: noise at an SNR, occlusion, a dropped modality):
+#: only the valid range is enforced, and its eps is infinite.
+NORMS = ("linf", "l2", "none")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Budget:
         Clipping after projection cannot break the budget: ``x`` lies inside ``bounds``, so clipping
         only moves a coordinate towards ``x``.
         """
+        if self.norm == "none":
+            return x_adv.clamp(self.bounds[0], self.bounds[1])
         if self.eps == 0:
             return x.clone()
         delta = x_adv - x
@@ -39,7 +43,8 @@ class Budget:
         return (x + delta).clamp(self.bounds[0], self.bounds[1])
 
     def canonical(self) -> str:
-        return f"{self.norm}:{self.eps:g}:[{self.bounds[0]:g},{self.bounds[1]:g}]"
+        size = "" if self.norm == "none" else f"{self.eps:g}:"
+        return f"{self.norm}:{size}[{self.bounds[0]:g},{self.bounds[1]:g}]"
 
 
 @dataclass(frozen=True)
