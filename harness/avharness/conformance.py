@@ -42,6 +42,25 @@ class _Reference(AVModel):
         return self.out(z)
 
 
+class _Synthetic:
+    """The synthetic batch as a dataset with identical "train", "val" and "test" splits (for attacks
+    that are fitted before use)."""
+
+    def __init__(self, task, specs, x, y):
+        self.task, self.specs, self.x, self.y = task, specs, x, y
+
+    def splits(self):
+        return ("train", "val", "test")
+
+    def size(self, split):
+        return N
+
+    def batches(self, split, batch_size, *, shuffle=None, limit=None):
+        from .data import Batch
+
+        yield Batch(dict(self.x), self.y, [f"{split}/{i}" for i in range(N)])
+
+
 def _inputs(specs: dict[str, InputSpec], seed: int = 0) -> dict[str, torch.Tensor]:
     g = generator(seed, "conformance")
     return {m: s.bounds[0] + (s.bounds[1] - s.bounds[0]) * torch.rand((N, *s.shape), generator=g)
@@ -153,7 +172,8 @@ def check_attack(attack, task: Task | None = None) -> list:
 
     def perturb(threat, key="k"):
         snap = {m: v.clone() for m, v in x.items()}
-        out = attack.perturb(model, x, y, threat, task, SampleRNG(0, key, ids))
+        run = attack.prepare(model, _Synthetic(task, specs, x, y), threat, task, "test") if hasattr(attack, "prepare") else attack
+        out = run.perturb(model, x, y, threat, task, SampleRNG(0, key, ids))
         out = out.inputs if isinstance(out, AttackOutput) else out
         if not all(torch.equal(x[m], snap[m]) for m in x):
             raise AssertionError("the attack modified its input tensors")

@@ -50,6 +50,10 @@ class Attack(Protocol):
 
         Must keep each attacked modality inside its budget and bounds, must not modify ``inputs``,
         and must return ``inputs`` unchanged for eps = 0. The model is in eval mode.
+
+        An attack that must be fitted first (a universal perturbation) also defines
+        ``prepare(model, data, threat, task, eval_split) -> Attack``; the runner calls it once per
+        (model, threat) before the cell's batches and attacks with what it returns.
         """
         ...
 

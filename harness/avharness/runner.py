@@ -176,6 +176,8 @@ def _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval
         with stages("clean"):
             tr.clean_logits = _clean_pass(suite, dataset, tr, dev, eval_n)
     with stages("attack"):
+        if hasattr(attack, "prepare"):  # attacks fitted before use (e.g. universal perturbations)
+            attack = attack.prepare(tr.model, dataset, threat, dataset.task, suite.eval_split)
         cell = _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics, dev, eval_n, reporter)
     cell["key"] = key
     store.save_cell(key, cell)
