@@ -1,5 +1,6 @@
-"""Robust training defenses: ``adversarial`` (PGD adversarial training, Madry et al.) and ``mixup``
-(input-space mix-up, Zhang et al.), registered through their own entry point.
+"""Robust training defenses: ``adversarial`` (PGD adversarial training, Madry et al.), ``mixup``
+(input-space mix-up, Zhang et al.) and ``metric_mixup`` (metric-guided mix-up, ours), registered
+through their own entry point.
 
 Both follow the ``standard`` defense's conventions (and take its five training parameters, checked
 by the same code): ``torch.manual_seed(ctx.seed)`` at the start of ``fit``, one shuffle generator
@@ -24,6 +25,7 @@ from avharness import (AVModel, Budget, Dataset, FitContext, NumericalError, Sam
 from avharness.threat import NORMS
 from avharness_plugins.attacks import build_pgd
 from avharness_plugins.defenses import Standard, _make_optimizer, _number, model_inputs, split_accuracy
+from avharness_plugins.latent_metrics import convexity, density, fit_linear_probe
 
 
 @contextlib.contextmanager
@@ -357,7 +359,209 @@ def build_mixup(alpha: float = 1.0, prob: float = 1.0, optimizer: str = "adam", 
                  weight_decay=weight_decay)
 
 
+# ---------------------------------------------------------------- metric-guided mix-up (ours)
+
+METRICS = ("convexity", "density")
+SPACES = ("input", "latent")
+
+
+class MetricMixup(_Recipe):
+    """Metric-guided mix-up (an avharness design; no public code exists, seeds.md §5).
+
+    Per class c, ``deficit_c = 1 − metric_c`` (convexity share, or k-NN purity) measured on the
+    latent ``latent`` of the "val" split (the train split when there is no val split). Sample i is
+    mixed with probability ``clip(prob · d_i / mean_c deficit_c, 0, 1)``, ``d_i`` its class's
+    deficit (multilabel: the mean over its labels), and with probability ``d_i`` its partner is a
+    random same-class sample of the batch (multilabel: sharing a label) when there is one, else the
+    partner of ``mixup``'s seeded permutation. Epoch 1 is a warm-up of plain per-sample mix-up
+    (probability ``prob``, permutation partners); the metric is measured before epoch 2 and again
+    every ``every`` epochs. Draws per batch: ``draw_mix`` (lam, permutation) from
+    ``avharness.generator(seed, "metric_mixup", epoch, step)``, then [B] uniforms (mixed?), [B]
+    uniforms (same class?), [B] uniforms (which same-class partner).
+    """
+
+    name = "metric_mixup"
+
+    def __init__(self, alpha: float = 1.0, prob: float = 1.0, metric: str = "convexity", latent: str | None = None,
+                 every: int = 2, space: str = "input", pairs_per_class: int = 500, optimizer: str = "adam",
+                 lr: float = 1e-3, epochs: int = 10, batch_size: int = 64, weight_decay: float = 0.0):
+        super().__init__(optimizer, lr, epochs, batch_size, weight_decay)
+        with _named(self.name):
+            alpha = _number(alpha, "alpha")
+            prob = _number(prob, "prob")
+        if not alpha > 0:
+            raise UserError(f"metric_mixup: alpha must be > 0 (lam ~ Beta(alpha, alpha)), got {alpha:g}")
+        if not 0 <= prob <= 1:
+            raise UserError(f"metric_mixup: prob must be in [0, 1] (mixing probability of an average class), "
+                            f"got {prob:g}")
+        if metric not in METRICS:
+            raise UserError(f"metric_mixup: metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if latent is not None and (not isinstance(latent, str) or not latent):
+            raise UserError(f"metric_mixup: latent must be a latent name (e.g. fused, audio) or null, got {latent!r}")
+        for pname, value in (("every", every), ("pairs_per_class", pairs_per_class)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"metric_mixup: {pname} must be an integer >= 1, got {value!r}")
+        if space not in SPACES:
+            raise UserError(f"metric_mixup: space must be one of {', '.join(SPACES)}, got {space!r}")
+        self.alpha, self.prob, self.metric, self.latent = alpha, prob, metric, latent
+        self.every, self.space, self.pairs_per_class = every, space, pairs_per_class
+
+    # --- setup and measurement
+    def _prepare(self, model, data):
+        self._latent = self.latent or model.head_latent
+        if self.space == "latent" and self._latent != model.head_latent:
+            raise UserError(f"metric_mixup: space latent mixes the latent the head reads ({model.head_latent!r}); "
+                            f"latent {self._latent!r} is not it (use space: input, or latent: {model.head_latent})")
+        self._data, self._split = data, ("val" if "val" in data.splits() and data.size("val") > 0 else "train")
+        self._deficit: torch.Tensor | None = None  # [C] in [0, 1]; NaN for undefined classes
+        self._measurements: list[dict] = []
+        self._metric_forward = 0
+        n_cls = data.task.num_classes
+        self._mixed = self._same = 0
+        self._mixed_per_class = [0] * n_cls
+        self._seen_per_class = [0] * n_cls
+
+    def _measure_due(self, epoch: int) -> bool:
+        return epoch >= 1 and (epoch - 1) % self.every == 0
+
+    @torch.no_grad()
+    def _measure(self, model, ctx, epoch):
+        data, task = self._data, self._data.task
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            lats, ys, ids = [], [], []
+            for batch in data.batches(self._split, 256):
+                latents = model.embed(model_inputs(model, batch.to(device).inputs))
+                if self._latent not in latents:
+                    raise UserError(f"metric_mixup: model {type(model).__name__} has no latent {self._latent!r}; "
+                                    f"it has: {', '.join(latents)}")
+                lats.append(latents[self._latent].detach().float().cpu())
+                ys.append(batch.target.cpu())
+                ids.extend(batch.ids)
+            lat, y = torch.cat(lats), torch.cat(ys)
+            self._metric_forward += len(y)
+            k = task.num_classes
+            if self.metric == "convexity":
+                if self._latent == model.head_latent:
+                    def scorer(z):
+                        self._metric_forward += len(z)
+                        return model.head(z.to(device)).float().cpu()
+                else:
+                    scorer = fit_linear_probe(lat, y, task.kind, seed=ctx.seed, num_classes=k)
+                res = convexity(lat, y, scorer, task.kind, pairs_per_class=self.pairs_per_class, seed=ctx.seed,
+                                ids=ids, num_classes=k)
+                values = res["per_class"][res["rules"][0]]
+                rule = f"convexity {res['rules'][0]}"
+            else:
+                res = density(lat, y, task.kind, k=max(1, min(10, len(y) - 1)), num_classes=k)
+                values = res["per_class"]["knn_purity"]
+                rule = "knn_purity"
+        finally:
+            model.train(was_training)
+        deficit = torch.tensor([1.0 - float(values[c]) for c in range(k)], dtype=torch.float64).clamp(0, 1)
+        self._deficit = deficit
+        self._measurements.append({
+            "before_epoch": epoch + 1, "split": self._split, "latent": self._latent, "metric": rule,
+            "deficit": {task.classes[c]: (None if math.isnan(d) else round(d, 6)) for c, d in enumerate(deficit.tolist())},
+        })
+
+    # --- per batch
+    def _sample_weights(self, member: torch.Tensor):
+        """(mixing weight w_i normalised to mean 1 over classes, same-class preference s_i in [0, 1])."""
+        size = member.shape[0]
+        if self._deficit is None:  # warm-up: plain mix-up
+            return torch.ones(size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
+        d = self._deficit
+        defined = ~torch.isnan(d)
+        mean = float(d[defined].mean()) if defined.any() else 0.0
+        d = torch.where(defined, d, torch.full_like(d, mean))  # an unmeasured class counts as average
+        m = member.double()
+        has = m.sum(1)
+        s = torch.where(has > 0, (m @ d) / has.clamp(min=1), torch.full((size,), mean, dtype=torch.float64))
+        w = s / mean if mean > 0 else torch.ones(size, dtype=torch.float64)
+        return w, s
+
+    def _batch_loss(self, model, task, batch, ctx, epoch, step):
+        if step == 0 and self._measure_due(epoch):
+            self._measure(model, ctx, epoch)
+        x = model_inputs(model, batch.inputs)
+        size = len(batch)
+        target = batch.target.cpu()
+        if task.kind == "multiclass":
+            member = torch.nn.functional.one_hot(target.long(), task.num_classes).bool()
+        else:
+            member = target >= 0.5
+        g = generator(ctx.seed, "metric_mixup", epoch, step)
+        lam, perm = draw_mix(g, size, self.alpha, 1.0)
+        u_mix = torch.rand(size, generator=g, dtype=torch.float64)
+        u_same = torch.rand(size, generator=g, dtype=torch.float64)
+        u_pick = torch.rand(size, generator=g, dtype=torch.float64)
+        w, s = self._sample_weights(member)
+        mixed = u_mix < (self.prob * w).clamp(0, 1)
+        # same-class partner: uniform among the other batch samples sharing a class with i
+        share = (member.float() @ member.float().T) > 0
+        share.fill_diagonal_(False)
+        n_share = share.sum(1)
+        want = mixed & (u_same < s) & (n_share > 0)
+        pick = (u_pick * n_share).floor().long().clamp(max=(n_share - 1).clamp(min=0))
+        same_partner = (share.long().cumsum(1) > pick[:, None]).long().argmax(1)
+        perm = torch.where(want, same_partner, perm)
+        lam = torch.where(mixed, lam, torch.ones_like(lam))
+        perm = torch.where(mixed, perm, torch.arange(size))
+
+        self._mixed += int(mixed.sum())
+        self._same += int(want.sum())
+        for c, (n_mixed, n_seen) in enumerate(zip((member & mixed[:, None]).sum(0).tolist(), member.sum(0).tolist())):
+            self._mixed_per_class[c] += n_mixed
+            self._seen_per_class[c] += n_seen
+        if self.space == "latent":
+            z = model.embed(x)[self._latent]
+            logits = model.head(mix_inputs({"z": z}, lam, perm)["z"])
+        else:
+            logits = model(mix_inputs(x, lam, perm))
+        return mixed_loss(task, logits, batch.target, lam, perm).mean(), size
+
+    def _facts(self):
+        classes = self._data.task.classes
+        return {
+            "mixed_samples": self._mixed, "same_class_partners": self._same,
+            "mixed_per_class": {classes[c]: n for c, n in enumerate(self._mixed_per_class)},
+            "mixed_share_per_class": {classes[c]: (n / seen if seen else None)
+                                      for c, (n, seen) in enumerate(zip(self._mixed_per_class, self._seen_per_class))},
+            "deficits": self._measurements, "metric": self.metric, "metric_split": self._split,
+            "latent": self._latent, "space": self.space, "every": self.every, "alpha": self.alpha, "prob": self.prob,
+            "metric_forward_samples": self._metric_forward,
+        }
+
+    def fit(self, model, data, ctx):
+        facts = super().fit(model, data, ctx)
+        facts["forward_samples"] += self._metric_forward  # the measurement passes are part of the cost
+        self._data = None
+        return facts
+
+
+def build_metric_mixup(alpha: float = 1.0, prob: float = 1.0, metric: str = "convexity", latent: str | None = None,
+                       every: int = 2, space: str = "input", pairs_per_class: int = 500, optimizer: str = "adam",
+                       lr: float = 1e-3, epochs: int = 10, batch_size: int = 64,
+                       weight_decay: float = 0.0) -> MetricMixup:
+    """Metric-guided mix-up (ours): mix more, and within the class, where a class's latent region is
+    least convex (or least pure), measured on the val split.
+
+    alpha: lam ~ Beta(alpha, alpha). prob: mixing probability of a class with average deficit.
+    metric: convexity | density (k-NN purity). latent: the latent measured (default: the head's).
+    every: re-measure every this many epochs (first after a warm-up epoch). space: input (all
+    modalities, one lam) | latent (manifold mix-up of the head latent). pairs_per_class: convexity
+    pairs per class. optimizer, lr, epochs, batch_size, weight_decay: as for ``standard``.
+    """
+    return MetricMixup(alpha=alpha, prob=prob, metric=metric, latent=latent, every=every, space=space,
+                       pairs_per_class=pairs_per_class, optimizer=optimizer, lr=lr, epochs=epochs,
+                       batch_size=batch_size, weight_decay=weight_decay)
+
+
 @hookimpl
 def register_defenses(register):
     register("adversarial", build_adversarial)
     register("mixup", build_mixup)
+    register("metric_mixup", build_metric_mixup)
