@@ -191,3 +191,19 @@ def test_ensemble_stages_in_the_report(example, tmp_path):
     assert {"0:fgsm/attacked", "0:fgsm/robust_after", "1:pgd/robust_after"} <= set(cell["attack_stats"])
     assert cell["attack_stats"]["1:pgd/robust_after"] == round(cell["robust_accuracy"] * cell["n"])
     assert "## Attack stages" in (out / "report.md").read_text()
+
+
+def test_findings_are_computed_from_the_cells(example, tmp_path):
+    r = run(tmp_path, tmp_path / "out")
+    q1 = r["findings"][0]
+    assert q1["question"].startswith("Are multi-modal models")
+    # every comparison pairs a fused cell with the uni-modal cell of the same budget on its modality
+    cells = {(c["model"], c["canonical"]): c for c in r["cells"]}
+    assert q1["rows"]
+    for row in q1["rows"]:
+        uni_budget = "|".join(p for p in row["budget"].split("|") if p.startswith("audio:"))
+        assert min(c["robust_accuracy"] for (m, can), c in cells.items() if m == "audio" and can == uni_budget) == row["uni_robust"]
+    worse = sum(row["fused_robust"] < row["uni_robust"] for row in q1["rows"])
+    assert (f"In {worse} of {len(q1['rows'])} comparisons" in q1["answer"]) or (worse == 0 and "Not refuted" in q1["answer"])
+    assert "No evidence in this run" in r["findings"][1]["answer"]  # no latent metric in this suite
+    assert "## Findings" in (tmp_path / "out" / "report.md").read_text()

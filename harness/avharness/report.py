@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from .checks import cell_checks, model_checks
+from .findings import findings, render as render_findings
 from .runner import RunResult
 from .store import atomic_write_json, atomic_write_text
 
@@ -155,6 +156,7 @@ def write_report(res: RunResult, out_dir: str | Path, started: str, extra_stages
     for c in res.cells:
         for x in c["samples"]:
             lines.append(json.dumps({"cell": cell_id(c), **x}))
+    report["findings"] = findings(report)
     atomic_write_text(out_dir / "samples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     atomic_write_text(out_dir / "report.md", render_markdown(report))
     atomic_write_json(out_dir / "report.json", report)  # last: its presence means the report is whole
@@ -202,6 +204,9 @@ def render_markdown(r: dict) -> str:
     cells = r["cells"]
     attacks = list(dict.fromkeys(c["attack"] for c in cells))
     threats = list(dict.fromkeys(c["threat"] for c in cells))
+
+    if r.get("findings"):
+        md += render_findings(r["findings"])
 
     md += ["## Clean vs robust accuracy, by model and threat", ""]
     md += ["Robust accuracy at each threat's strongest budget, worst case over the suite's attacks.", ""]

@@ -22,7 +22,6 @@ import torch
 
 from avharness import (AVModel, Budget, Dataset, FitContext, NumericalError, SampleRNG, Task, ThreatModel,
                        UserError, generator, hookimpl)
-from avharness.threat import NORMS
 from avharness_plugins.attacks import build_pgd
 from avharness_plugins.defenses import Standard, _make_optimizer, _number, model_inputs, split_accuracy
 from avharness_plugins.latent_metrics import convexity, density, fit_linear_probe
@@ -139,8 +138,8 @@ def parse_budgets(budgets, plugin: str = "adversarial") -> dict[str, tuple[str, 
         if unknown:
             raise UserError(f"{plugin}: {where}: unknown key {unknown[0]!r}; allowed: norm, eps")
         norm = budget.get("norm")
-        if norm not in NORMS:
-            raise UserError(f"{plugin}: {where}.norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if norm not in ("linf", "l2"):  # training needs a bounded threat: not norm "none"
+            raise UserError(f"{plugin}: {where}.norm must be one of linf, l2, got {norm!r}")
         if "eps" not in budget:
             raise UserError(f"{plugin}: {where}: missing eps (one number > 0: the budget trained against)")
         if isinstance(budget["eps"], list):

@@ -1,0 +1,149 @@
+"""The "Findings" of a report: the papers' questions answered from this run's own numbers.
+
+Every sentence here is assembled from the cells of the run; if the run holds no evidence for a
+question, the finding says so instead of answering.
+
+1. Are multi-modal models necessarily more robust than uni-modal ones? Each fused model's robust
+   accuracy is compared with every uni-modal model's under the same attacker power on the
+   modality the uni-modal model reads (a joint threat's audio budget = the audio threat's budget).
+2. Do latent metrics predict robustness? The Spearman correlations between per-class metrics and
+   per-class robust-accuracy drops, with p < 0.05 counted as evidence.
+3. How to fuse for robustness? Fused models ranked by mean robust accuracy over the same cells.
+4. Which defense protects, at what cost? Defenses per model: mean robust accuracy and training cost.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def _worst(cells):
+    """(model, defense, threat, step) -> the cell with the lowest robust accuracy over attacks."""
+    out = {}
+    for c in cells:
+        k = (c["model"], c["defense"], c["threat"], c["step"])
+        if k not in out or c["robust_accuracy"] < out[k]["robust_accuracy"]:
+            out[k] = c
+    return out
+
+
+def _budget(c):
+    return {m: (c["norm"][m], c["eps"][m]) for m in c["eps"]}
+
+
+def _attacked(c):
+    return any(e is None or e > 0 for e in c["eps"].values())
+
+
+def findings(report: dict) -> list[dict]:
+    models = {(m["name"], m["defense"]): m for m in report["models"]}
+    worst = [c for c in _worst(report["cells"]).values() if _attacked(c)]
+    out = []
+
+    # 1. fused vs uni-modal, at matched attacker power
+    rows = []
+    for f in worst:
+        fm = models[(f["model"], f["defense"])]
+        if len(fm["modalities"]) < 2:
+            continue
+        fb = _budget(f)
+        for u in worst:
+            um = models[(u["model"], u["defense"])]
+            if len(um["modalities"]) != 1 or u["defense"] != f["defense"]:
+                continue
+            m = um["modalities"][0]
+            if _budget(u) == {m: fb[m]} if m in fb else False:
+                rows.append({"fused": f["model"], "uni": u["model"], "defense": f["defense"], "threat": f["threat"],
+                             "budget": f["canonical"], "fused_robust": f["robust_accuracy"],
+                             "uni_robust": u["robust_accuracy"]})
+    if rows:
+        worse = [r for r in rows if r["fused_robust"] < r["uni_robust"]]
+        joint = [r for r in rows if r["budget"].count("|")]
+        joint_worse = [r for r in joint if r["fused_robust"] < r["uni_robust"]]
+        answer = (f"No. In {len(worse)} of {len(rows)} comparisons a fused model kept fewer samples robust than a "
+                  f"uni-modal model facing the same budget on the modality it reads"
+                  if worse else
+                  f"Not refuted here: in all {len(rows)} comparisons every fused model was at least as robust as "
+                  f"each uni-modal model facing the same budget on its modality")
+        if joint:
+            answer += f"; under joint threats, {len(joint_worse)} of {len(joint)}."
+        else:
+            answer += "."
+        out.append({"question": "Are multi-modal models necessarily more robust than uni-modal ones?",
+                    "answer": answer, "rows": rows})
+    else:
+        out.append({"question": "Are multi-modal models necessarily more robust than uni-modal ones?",
+                    "answer": "No evidence in this run: it needs uni-modal and fused models attacked with matching budgets.",
+                    "rows": []})
+
+    # 2. latent metrics as predictors
+    preds = [p for p in report.get("metric_predicts_robustness", []) if p["spearman_rho"] is not None
+             and p["spearman_rho"] == p["spearman_rho"]]
+    if preds:
+        sig = [p for p in preds if p["p_value"] is not None and p["p_value"] < 0.05]
+        neg = [p for p in sig if p["spearman_rho"] < 0]
+        best = min(preds, key=lambda p: p["spearman_rho"])
+        answer = (f"{len(neg)} of {len(preds)} (metric, latent, model, attack, threat) correlations were significantly "
+                  f"negative (p < 0.05: classes the metric rates better lose less), {len(sig) - len(neg)} significantly "
+                  f"positive; the strongest was {best['metric']} {best['series']} of {best['model']} under "
+                  f"{best['attack']} {best['threat']} (ρ = {best['spearman_rho']:.2f}, p = {best['p_value']:.3g}, "
+                  f"{best['n_classes']} classes).")
+        out.append({"question": "Do latent-space metrics predict robustness?", "answer": answer, "rows": sig})
+    else:
+        out.append({"question": "Do latent-space metrics predict robustness?",
+                    "answer": "No evidence in this run: add the convexity or density metric.", "rows": []})
+
+    # 3 and 4: fused models ranked; defenses compared
+    mean = defaultdict(list)
+    for c in worst:
+        mean[(c["model"], c["defense"])].append(c["robust_accuracy"])
+    fused = sorted({k for k in mean if len(models[k]["modalities"]) > 1}, key=lambda k: -sum(mean[k]) / len(mean[k]))
+    if len(fused) > 1:
+        ranked = [{"model": k[0], "defense": k[1], "mean_robust": sum(mean[k]) / len(mean[k]), "cells": len(mean[k])}
+                  for k in fused]
+        head = ", ".join(f"{r['model']} ({r['defense']}) {100 * r['mean_robust']:.1f}%" for r in ranked)
+        out.append({"question": "How to fuse modalities for robustness?",
+                    "answer": f"Mean robust accuracy over each fused model's attacked cells (worst attack per budget; "
+                              f"the models face the same threats only if the suite gives them the same ones): {head}.",
+                    "rows": ranked})
+    defenses = sorted({d for _, d in mean})
+    if len(defenses) > 1:
+        rows = []
+        for name in sorted({m for m, _ in mean}):
+            for d in defenses:
+                if (name, d) in mean:
+                    fit = models[(name, d)]["fit"]
+                    rows.append({"model": name, "defense": d, "mean_robust": sum(mean[(name, d)]) / len(mean[(name, d)]),
+                                 "train_s": fit.get("wall_s"),
+                                 "backward_samples": (fit.get("backward_samples") or 0) + (fit.get("attack_backward_samples") or 0)})
+        best = defaultdict(lambda: None)
+        for r in rows:
+            if best[r["model"]] is None or r["mean_robust"] > best[r["model"]]["mean_robust"]:
+                best[r["model"]] = r
+        wins = defaultdict(int)
+        for r in best.values():
+            wins[r["defense"]] += 1
+        answer = "Most robust defense per model (mean robust accuracy): " + ", ".join(
+            f"{d} for {n} model{'s' if n > 1 else ''}" for d, n in sorted(wins.items(), key=lambda x: -x[1])) + \
+            ". Training cost (wall time, backward passes in samples) is in the table."
+        out.append({"question": "Which defense protects, and at what cost?", "answer": answer, "rows": rows})
+    return out
+
+
+def render(items: list[dict]) -> list[str]:
+    md = ["## Findings", "", "Each answer is computed from this run's cells (see `findings` in report.json).", ""]
+    for f in items:
+        md += [f"**{f['question']}** {f['answer']}", ""]
+        rows = f["rows"]
+        if rows and "fused" in rows[0]:
+            md += ["| fused | uni-modal | defense | budget | fused robust | uni-modal robust |", "|---|---|---|---|---|---|"]
+            md += [f"| {r['fused']} | {r['uni']} | {r['defense']} | {r['budget']} | {100 * r['fused_robust']:.1f} | "
+                   f"{100 * r['uni_robust']:.1f} |" for r in rows[:40]]
+            md += [f"| … {len(rows) - 40} more in report.json | | | | | |"] if len(rows) > 40 else []
+            md.append("")
+        elif rows and "train_s" in rows[0]:
+            md += ["| model | defense | mean robust | training s | backward samples |", "|---|---|---|---|---|"]
+            md += [f"| {r['model']} | {r['defense']} | {100 * r['mean_robust']:.1f} | {r['train_s'] or 0:.1f} | "
+                   f"{r['backward_samples']:,} |" for r in rows]
+            md.append("")
+    return md
