@@ -132,8 +132,12 @@ def test_budget_for_a_modality_the_data_lacks_or_the_model_ignores():
     data = toy_data()
     with pytest.raises(UserError, match="budgets name 'depth' but the dataset has no such modality; it has: audio, video"):
         build_adversarial({"depth": {"norm": "l2", "eps": 1.0}}, epochs=1).fit(_fresh(data), data, _ctx())
-    with pytest.raises(UserError, match="budgets name 'video' but model ToyModel reads only audio"):
-        build_adversarial(JOINT, epochs=1).fit(_fresh(data, ("audio",)), data, _ctx())
+    with pytest.raises(UserError, match="budgets name video but model ToyModel reads only audio"):
+        build_adversarial({"video": {"norm": "linf", "eps": 0.1}}, epochs=1).fit(_fresh(data, ("audio",)), data, _ctx())
+    # a joint budget trains a uni-modal model against the part it reads
+    defense = build_adversarial(JOINT, epochs=1)
+    defense.fit(_fresh(data, ("audio",)), data, _ctx())
+    assert defense.threat.modalities == ("audio",)
 
 
 # ---------------------------------------------------------------- adversarial training

@@ -195,12 +195,14 @@ class Adversarial(_Recipe):
             raise UserError(f"adversarial: budgets name {missing[0]!r} but the dataset has no such modality; "
                             f"it has: {', '.join(sorted(data.specs))}")
         reads = getattr(model, "modalities", ()) or tuple(data.specs)
-        unread = [m for m in self.budgets if m not in reads]
-        if unread:
-            raise UserError(f"adversarial: budgets name {unread[0]!r} but model {type(model).__name__} reads only "
-                            f"{', '.join(reads)}; train it against budgets for those")
+        # One defense entry serves every model of a suite: each is trained against the budgets of
+        # the modalities it reads (a uni-modal audio model against the audio budget alone).
+        used = {m: b for m, b in self.budgets.items() if m in reads}
+        if not used:
+            raise UserError(f"adversarial: budgets name {', '.join(self.budgets)} but model {type(model).__name__} "
+                            f"reads only {', '.join(reads)}; add a budget for one of those")
         self.threat = ThreatModel("advtrain", {m: Budget(norm, eps, tuple(data.specs[m].bounds))
-                                               for m, (norm, eps) in self.budgets.items()})
+                                               for m, (norm, eps) in used.items()})
         self._attack_rows = 0
         self._epochs: list[list[float]] = []  # per epoch: [clean loss sum, adversarial loss sum, samples]
 
