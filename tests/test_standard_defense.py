@@ -85,7 +85,7 @@ def test_training_lowers_the_loss_and_reports_facts():
     assert 0.0 <= facts["val_accuracy"] <= 1.0 and facts["val_accuracy"] > 0.6
     assert facts["wall_s"] >= 0
     assert not model.training
-    assert calls == [["train AudioCNN", 30, 30]]
+    assert calls == [["standard AudioCNN", 30, 30]]
 
 
 def test_same_seed_same_weights_other_seed_other_weights():

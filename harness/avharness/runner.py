@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .checks import probe_model
 from .contracts import AttackOutput, Evidence, FitContext, ModelEvidence
 from .errors import NumericalError, UserError

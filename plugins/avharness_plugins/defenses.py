@@ -80,16 +80,31 @@ class Standard:
         self.optimizer, self.lr, self.epochs = optimizer, float(lr), epochs
         self.batch_size, self.weight_decay = batch_size, float(weight_decay)
 
+    name = "standard"
+
+    # --- hooks for training recipes built on this loop (robust_training.py)
+    def _prepare(self, model: AVModel, data: Dataset) -> None:
+        """Checks that need the model and the data, before the first step."""
+
+    def _batch_loss(self, model: AVModel, task, batch, ctx: FitContext, epoch: int, step: int):
+        """(scalar loss to minimise, rows that went through the training forward pass)."""
+        return task.loss(model(model_inputs(model, batch.inputs)), batch.target).mean(), len(batch)
+
+    def _facts(self) -> dict:
+        """Recipe-specific facts added to what ``fit`` returns."""
+        return {}
+
     def fit(self, model: AVModel, data: Dataset, ctx: FitContext) -> dict:
         torch.manual_seed(ctx.seed)
         device = torch.device(ctx.device)
         model.to(device)
+        self._prepare(model, data)
         opt = _make_optimizer(self.optimizer, model.parameters(), self.lr, self.weight_decay)
         n = data.size("train")
         if n == 0:
-            raise UserError("standard: the dataset's train split is empty")
+            raise UserError(f"{self.name}: the dataset's train split is empty")
         steps_per_epoch = math.ceil(n / self.batch_size)
-        advance = ctx.progress(f"train {type(model).__name__}", self.epochs * steps_per_epoch)
+        advance = ctx.progress(f"{self.name} {type(model).__name__}", self.epochs * steps_per_epoch)
 
         start = time.perf_counter()
         steps = forward = backward = 0
@@ -98,21 +113,20 @@ class Standard:
             model.train()
             loss_sum, seen = 0.0, 0
             shuffle = generator(ctx.seed, "shuffle", epoch)
-            for batch in data.batches("train", self.batch_size, shuffle=shuffle):
+            for index, batch in enumerate(data.batches("train", self.batch_size, shuffle=shuffle)):
                 batch = batch.to(device)
-                logits = model(model_inputs(model, batch.inputs))
-                loss = data.task.loss(logits, batch.target).mean()
+                loss, rows = self._batch_loss(model, data.task, batch, ctx, epoch, index)
                 if not torch.isfinite(loss):
                     raise NumericalError(
-                        f"standard: training loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1} "
+                        f"{self.name}: training loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1} "
                         f"(optimizer {self.optimizer}, lr {self.lr:g}); lower lr or check the inputs for NaN/inf"
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 steps += 1
-                forward += len(batch)
-                backward += len(batch)
+                forward += rows
+                backward += rows
                 loss_sum += float(loss.detach()) * len(batch)
                 seen += len(batch)
                 advance()
@@ -130,6 +144,7 @@ class Standard:
             "final_train_loss": epoch_losses[-1] if epoch_losses else None,
             "epoch_train_loss": epoch_losses,
             "val_accuracy": val_accuracy,
+            **self._facts(),
         }
 
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 
 import torch
 
-from avharness import (AVModel, Budget, Dataset, FitContext, NumericalError, SampleRNG, Task, ThreatModel,
-                       UserError, generator, hookimpl)
+from avharness import Budget, NumericalError, SampleRNG, Task, ThreatModel, UserError, generator, hookimpl
 from avharness_plugins.attacks import build_pgd
-from avharness_plugins.defenses import Standard, _make_optimizer, _number, model_inputs, split_accuracy
+from avharness_plugins.defenses import Standard, _number, model_inputs
 from avharness_plugins.latent_metrics import convexity, density, fit_linear_probe
 
 
@@ -52,71 +50,6 @@ class _Recipe(Standard):
         with _named(self.name):
             super().__init__(optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
                              weight_decay=weight_decay)
-
-    # --- hooks
-    def _prepare(self, model: AVModel, data: Dataset) -> None:
-        pass
-
-    def _batch_loss(self, model: AVModel, task: Task, batch, ctx: FitContext, epoch: int, step: int):
-        """(scalar loss to minimise, rows that went through the training forward pass)."""
-        raise NotImplementedError
-
-    def _facts(self) -> dict:
-        return {}
-
-    # --- the loop
-    def fit(self, model: AVModel, data: Dataset, ctx: FitContext) -> dict:
-        torch.manual_seed(ctx.seed)
-        device = torch.device(ctx.device)
-        model.to(device)
-        self._prepare(model, data)
-        opt = _make_optimizer(self.optimizer, model.parameters(), self.lr, self.weight_decay)
-        n = data.size("train")
-        if n == 0:
-            raise UserError(f"{self.name}: the dataset's train split is empty")
-        steps_per_epoch = math.ceil(n / self.batch_size)
-        advance = ctx.progress(f"{self.name} {type(model).__name__}", self.epochs * steps_per_epoch)
-
-        start = time.perf_counter()
-        steps = forward = backward = 0
-        epoch_losses: list[float] = []
-        for epoch in range(self.epochs):
-            model.train()
-            loss_sum, seen = 0.0, 0
-            shuffle = generator(ctx.seed, "shuffle", epoch)
-            for index, batch in enumerate(data.batches("train", self.batch_size, shuffle=shuffle)):
-                batch = batch.to(device)
-                loss, rows = self._batch_loss(model, data.task, batch, ctx, epoch, index)
-                if not torch.isfinite(loss):
-                    raise NumericalError(
-                        f"{self.name}: training loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1} "
-                        f"(optimizer {self.optimizer}, lr {self.lr:g}); lower lr or check the inputs for NaN/inf"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                steps += 1
-                forward += rows
-                backward += rows
-                loss_sum += float(loss.detach()) * len(batch)
-                seen += len(batch)
-                advance()
-            epoch_losses.append(loss_sum / max(seen, 1))
-
-        val_accuracy, val_n = (split_accuracy(model, data, "val", device)
-                               if "val" in data.splits() else (None, 0))
-        model.eval()
-        return {
-            "epochs": self.epochs,
-            "steps": steps,
-            "wall_s": round(time.perf_counter() - start, 3),
-            "forward_samples": forward + val_n,
-            "backward_samples": backward,
-            "final_train_loss": epoch_losses[-1] if epoch_losses else None,
-            "epoch_train_loss": epoch_losses,
-            "val_accuracy": val_accuracy,
-            **self._facts(),
-        }
 
 
 # ---------------------------------------------------------------- adversarial training
