@@ -58,6 +58,16 @@ class ThreatModel:
     def modalities(self) -> tuple[str, ...]:
         return tuple(sorted(self.budgets))
 
+    def attacked(self, inputs: dict, attack: str = "attack") -> list[str]:
+        """The modalities this threat perturbs (eps > 0, or unbounded), after checking ``inputs`` has them."""
+        from .errors import UserError
+
+        missing = [m for m in self.budgets if m not in inputs]
+        if missing:
+            raise UserError(f"{attack}: threat {self.name!r} attacks {missing} but the inputs hold only "
+                            f"{sorted(inputs)}; drop those modalities from the threat or feed them to the model")
+        return [m for m in self.modalities if self.budgets[m].norm == "none" or self.budgets[m].eps > 0]
+
     def project(self, adv: dict[str, torch.Tensor], clean: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Project every attacked modality; unattacked ones are returned as the clean tensors."""
         return {m: (self.budgets[m].project(adv[m], x) if m in self.budgets else x) for m, x in clean.items()}

@@ -65,7 +65,7 @@ from torch import nn
 
 from avharness import AttackOutput, NumericalError, UserError, derive_seed, hookimpl
 
-from .packing import PackedAdapter, Packing, attacked, bounds, eps_vector, mask_vector, step_vector
+from .packing import PackedAdapter, Packing, bounds, eps_vector, mask_vector, step_vector
 
 
 class MultiLabelBCE(nn.Module):
@@ -168,13 +168,9 @@ class ARTAttack:
         return norms.pop()
 
     def perturb(self, model, inputs, target, threat, task, rng):
-        missing = [m for m in threat.budgets if m not in inputs]
-        if missing:
-            raise UserError(
-                f"{self.name}: threat {threat.name!r} attacks {missing} but the inputs hold only "
-                f"{sorted(inputs)}; drop those modalities from the threat or feed them to the model"
-            )
-        att = attacked(threat)
+        att = threat.attacked(inputs, self.name)
+        if any(threat.budgets[m].norm == "none" for m in att):
+            raise UserError(f"{self.name}: threat {threat.name!r} is unbounded (norm none); ART's attacks need an eps-ball")
         out = dict(inputs)
         if not att:
             return out

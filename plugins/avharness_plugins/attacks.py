@@ -94,13 +94,10 @@ class GradientAttack:
         return budget.project(x + delta, x)
 
     def perturb(self, model, inputs, target, threat, task, rng):
-        missing = [m for m in threat.budgets if m not in inputs]
-        if missing:
-            raise UserError(
-                f"{self.name}: threat {threat.name!r} attacks {missing} but the inputs hold only "
-                f"{sorted(inputs)}; drop those modalities from the threat or feed them to the model"
-            )
-        attacked = [m for m in threat.modalities if threat.budgets[m].eps > 0]
+        attacked = threat.attacked(inputs, self.name)
+        if any(threat.budgets[m].norm == "none" for m in attacked):
+            raise UserError(f"{self.name}: threat {threat.name!r} is unbounded (norm none); gradient attacks need an "
+                            "eps-ball (use a corruption such as gaussian_noise for unbounded threats)")
         out = dict(inputs)
         if not attacked:
             return out

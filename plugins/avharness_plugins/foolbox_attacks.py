@@ -187,13 +187,7 @@ class FoolboxAttack:
             )
 
     def perturb(self, model, inputs, target, threat, task, rng):
-        missing = [m for m in threat.budgets if m not in inputs]
-        if missing:
-            raise UserError(
-                f"{self.name}: threat {threat.name!r} attacks {missing} but the inputs hold only "
-                f"{sorted(inputs)}; drop those modalities from the threat or feed them to the model"
-            )
-        attacked = [m for m in threat.modalities if threat.budgets[m].eps > 0]
+        attacked = threat.attacked(inputs, self.name)
         out = dict(inputs)
         if not attacked:
             return AttackOutput(out, stats={"forward_samples": 0, "backward_samples": 0})
