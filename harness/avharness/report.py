@@ -53,7 +53,9 @@ def build_report(res: RunResult, started: str) -> dict:
         acc = _accuracies(c)
         cells.append({
             "id": cell_id(c), "key": c["key"], "model": c["model"], "defense": c["defense"], "attack": c["attack"],
-            "threat": c["threat"], "step": c["step"], "eps": c["eps"], "norm": c["norm"], "canonical": c["canonical"],
+            "threat": c["threat"], "step": c["step"], "norm": c["norm"], "canonical": c["canonical"],
+            # an unbounded budget's eps is infinite: null, as in the stored cell, whether fresh or reused
+            "eps": {m: (None if e is None or e == float("inf") else e) for m, e in c["eps"].items()},
             "n": c["n"], "clean_accuracy": acc[0], "robust_accuracy": acc[1],
             "metrics": c["metrics"], "higher_is_better": c["higher_is_better"],
             "attack_stats": c.get("attack_stats", {}),
