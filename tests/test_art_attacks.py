@@ -18,7 +18,7 @@ from avharness_plugins.art_attacks import (
 )
 from avharness_plugins.attacks import build_pgd
 from avharness_plugins.packing import PackedAdapter, Packing, bounds, eps_vector, mask_vector
-from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
+from toy import sample_rng, test_batch, threat, toy_data, trained
 
 FUSED = ("audio", "video")
 ATTACKS = {

@@ -11,7 +11,6 @@ import torch
 
 from avharness.errors import UserError
 from avharness_plugins.audioset_meta import (
-    LabelMap,
     Segment,
     find_clips,
     multi_hot,

@@ -1,6 +1,5 @@
 """The command line: bad input gets exit code 2 and one clear line; runs write whole reports."""
 
-import json
 import os
 import subprocess
 import sys

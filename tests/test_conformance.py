@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from avharness import AVModel, Task
+from avharness import AVModel
 from avharness.cli import main
 from avharness.conformance import check_attack, check_model, check_plugin
 from avharness.plugins import get_registry

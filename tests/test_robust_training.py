@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import avharness
-from avharness import Batch, FitContext, NumericalError, SampleRNG, Task, UserError, generator
+from avharness import FitContext, NumericalError, SampleRNG, Task, UserError, generator
 from avharness.cli import main
 from avharness_plugins.attacks import build_pgd
 from avharness_plugins.defenses import standard
-from avharness_plugins.robust_training import (Adversarial, Mixup, build_adversarial, build_mixup, draw_mix,
+from avharness_plugins.robust_training import (build_adversarial, build_mixup, draw_mix,
                                                mix_inputs, mix_multilabel_targets, mixed_loss)
-from toy import ToyAVData, ToyModel, threat, toy_data
+from toy import ToyModel, threat, toy_data
 
 LINF = {"audio": {"norm": "linf", "eps": 0.1}}
 JOINT = {"audio": {"norm": "linf", "eps": 0.1}, "video": {"norm": "l2", "eps": 0.5}}

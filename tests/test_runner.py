@@ -7,7 +7,7 @@ import torch
 
 import avharness
 from avharness.cli import main
-from avharness.compare import compare, read_report
+from avharness.compare import compare
 
 from test_cli import GOOD, write
 
@@ -113,7 +113,7 @@ def test_limit_is_recorded(example, tmp_path):
 
 def test_check_command(example, tmp_path, capsys):
     out = tmp_path / "out"
-    r = run(tmp_path, out)
+    run(tmp_path, out)
     assert main(["check", str(out / "report.json"), "--baseline", str(out / "report.json")]) == 0
     moved = json.loads((out / "report.json").read_text())
     moved["cells"][3]["robust_accuracy"] += 0.2
