@@ -41,9 +41,11 @@ def test_report_has_every_cell_and_provenance(example, tmp_path):
     first = json.loads(lines[0])
     assert {"cell", "id", "clean_pred", "adv_pred", "robust", "success"} <= set(first)
     names = {c["name"] for c in r["checks"]}
-    assert {"eps_zero_noop", "robust_le_clean", "sweep_monotone", "iterative_beats_single_step",
+    assert {"eps_zero_noop", "budget_respected", "robust_le_clean", "sweep_monotone", "iterative_beats_single_step",
             "deterministic_outputs", "zero_gradient_share", "gradients_finite"} <= names
     assert all(c["status"] in ("pass", "warn", "fail") for c in r["checks"])
+    budget = next(c for c in r["checks"] if c["name"] == "budget_respected")
+    assert budget["status"] == "pass" and 0.5 < budget["value"] <= 1 + 1e-5  # PGD uses its budget
     md = (out / "report.md").read_text()
     assert "Clean vs robust accuracy" in md and "audio-linf" in md
 

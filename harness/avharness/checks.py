@@ -59,6 +59,14 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
     zero_bad = [c["id"] for c in cells if all(e == 0 for e in c["eps"].values()) and c["robust_accuracy"] != c["clean_accuracy"]]
     out.append(check("eps_zero_noop", "pass" if not zero_bad else "fail", len(zero_bad), 0,
                      "cells at eps = 0 whose robust accuracy differs from clean accuracy", ", ".join(zero_bad[:5])))
+    # The runner refuses any attack output outside its budget or range, so a finished report always
+    # passes this; the value shows how much of the budget the attacks used (1.0 = all of it).
+    ratios = [(a / c["eps"][m], c["id"]) for c in cells for m, a in c.get("achieved", {}).items()
+              if c["eps"].get(m)]
+    worst = max(ratios, default=(0.0, ""))
+    out.append(check("budget_respected", "pass" if worst[0] <= 1 + 1e-5 else "fail", worst[0], 1.0,
+                     "largest achieved perturbation / eps over every cell and modality, after clipping to the "
+                     "valid range", worst[1]))
     bad = sum(1 for c in cells for s in c["samples"] if s["robust"] and not s["clean_correct"])
     out.append(check("robust_le_clean", "pass" if bad == 0 else "fail", bad, 0,
                      "samples counted robust although misclassified when clean", ""))

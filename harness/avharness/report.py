@@ -57,6 +57,7 @@ def build_report(res: RunResult, started: str) -> dict:
             # an unbounded budget's eps is infinite: null, as in the stored cell, whether fresh or reused
             "eps": {m: (None if e is None or e == float("inf") else e) for m, e in c["eps"].items()},
             "n": c["n"], "clean_accuracy": acc[0], "robust_accuracy": acc[1],
+            "achieved": c.get("achieved", {}),
             "metrics": c["metrics"], "higher_is_better": c["higher_is_better"],
             "attack_stats": c.get("attack_stats", {}),
             "wall_s": c["wall_s"], "reused": c["reused"],

@@ -25,7 +25,7 @@ from .store import Store, atomic_write_json, ensure_writable
 from .suite import PluginSpec, Suite, _Where, build_component, check_plugins, sha256_json
 
 #: bump when the meaning of a stored cell or checkpoint changes, so old ones are not reused
-STORE_FORMAT = 2
+STORE_FORMAT = 3
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -340,6 +340,9 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
         "norm": {m: b.norm for m, b in threat.budgets.items()},
         "canonical": threat.canonical(),
         "n": len(ids),
+        # the largest achieved perturbation per modality in its own norm (the budget check's evidence)
+        "achieved": {m: float(ev.perturbation[m]["linf" if b.norm == "linf" else "l2"].max()) if ids else 0.0
+                     for m, b in threat.budgets.items() if b.norm != "none"},
         "metrics": values,
         "higher_is_better": directions,
         "attack_stats": attack_stats,
