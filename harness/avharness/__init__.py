@@ -13,12 +13,13 @@ from .hookspecs import hookimpl
 from .model import AVModel, create_model, load_model, model_spec, save_model
 from .plugins import get_registry
 from .seeding import SampleRNG, derive_seed, generator, seed_everything
+from .store import atomic_write_bytes, atomic_write_json
 from .task import Task
 from .threat import Budget, ThreatModel
 
 __all__ = [
     "Attack", "AttackOutput", "AVModel", "Batch", "Budget", "Dataset", "Defense", "Evidence", "FitContext",
-    "InputSpec", "Metric", "ModelEvidence", "ModelMetric", "NumericalError", "SampleRNG", "Task", "ThreatModel", "UserError",
+    "InputSpec", "atomic_write_bytes", "atomic_write_json", "Metric", "ModelEvidence", "ModelMetric", "NumericalError", "SampleRNG", "Task", "ThreatModel", "UserError",
     "create_model", "derive_seed", "generator", "get_registry", "hookimpl", "load_model",
     "model_spec", "save_model", "seed_everything",
 ]

@@ -29,10 +29,10 @@ normalisation statistics use single-threaded reductions).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avharness import Batch, InputSpec, Task, UserError, derive_seed, hookimpl
+from avharness import Batch, InputSpec, Task, UserError, atomic_write_bytes, derive_seed, generator, hookimpl
 
 #: bump when the generated data change for the same knobs (invalidates caches)
 FORMAT_VERSION = 1
@@ -328,20 +328,9 @@ def _generator_versions() -> dict:
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------- build
@@ -349,12 +338,6 @@ def _atomic_save(payload: dict, path: Path) -> None:
 
 def _rng(seed: int, *parts) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, "avdigits", *parts))
-
-
-def _torch_gen(seed: int, *parts) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(derive_seed(seed, "avdigits", *parts))
-    return g
 
 
 def build(seed: int, knobs: dict) -> dict:
@@ -462,7 +445,7 @@ def _audio_logmel(utterances: list[np.ndarray], rate_in: int, seed: int, split: 
 
     n = len(utterances)
     rng = _rng(seed, split, "audio")
-    gen = _torch_gen(seed, split, "audio-noise")
+    gen = generator(seed, "avdigits", split, "audio-noise")
     snr_db = rng.uniform(knobs["snr_db_min"], knobs["snr_db_max"], n)
     gain_db = rng.uniform(-knobs["gain_db"], knobs["gain_db"], n)
     slope = rng.uniform(0.0, 2.0, n)  # noise power ~ 1 / f**slope: white (0) to brown (2)
@@ -513,7 +496,7 @@ def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
     per-sample draws."""
     n, t, size = scans.shape[0], knobs["frames"], knobs["image_size"]
     rng = _rng(seed, split, "video")
-    gen = _torch_gen(seed, split, "video-noise")
+    gen = generator(seed, "avdigits", split, "video-noise")
 
     def u(lo, hi, shape=(n,)):
         return torch.from_numpy(rng.uniform(lo, hi, shape)).float()
