@@ -199,7 +199,9 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
         except Exception as exc:  # a damaged checkpoint is retrained, not fatal: nothing is lost
             reporter.log(f"model {label}: checkpoint {folder} is unreadable ({type(exc).__name__}: {exc}); retraining")
 
-    fit_seed = derive_seed(suite.seed, "fit", key)
+    # The training seed depends on what is trained, never on STORE_FORMAT: a store layout change
+    # must not change any number.
+    fit_seed = derive_seed(suite.seed, "fit", sha256_json({k: v for k, v in identity.items() if k != "format"}))
     seed_everything(fit_seed)
     model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
     if not isinstance(model, AVModel):
