@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -10,20 +11,37 @@ import torch
 from .task import Task
 
 
+def json_bound(x: float):
+    """JSON has no infinity: an open end of a valid range is written as the string "inf"/"-inf"."""
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """One modality's per-sample shape, valid range and units."""
+    """One modality's per-sample shape, valid range and units.
+
+    ``bounds`` may be open (``-inf``/``inf``): a normalised log-mel feature has a floor but no
+    physical ceiling. ``frontend`` (optional, opaque to the core) describes how a model turns this
+    input into what it classifies, e.g. ``{"pipeline": "logmel64", "stats": {...}}`` for a waveform
+    whose features a model computes itself (so attacks can work in the waveform domain). It is saved
+    in ``model.json`` with the rest of the spec, so a model rebuilt outside the harness gets it too.
+    """
 
     shape: tuple[int, ...]
     bounds: tuple[float, float]
     units: str = "feature"
+    frontend: dict | None = field(default=None, hash=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "bounds": list(self.bounds), "units": self.units}
+        d = {"shape": list(self.shape), "bounds": [json_bound(b) for b in self.bounds], "units": self.units}
+        if self.frontend is not None:
+            d["frontend"] = self.frontend
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(tuple(d["shape"]), (float(d["bounds"][0]), float(d["bounds"][1])), d.get("units", "feature"))
+        return cls(tuple(d["shape"]), (float(d["bounds"][0]), float(d["bounds"][1])), d.get("units", "feature"),
+                   d.get("frontend"))
 
 
 @dataclass

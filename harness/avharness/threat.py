@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import json_bound
+
 #: "none" is an unbounded threat (corruptions: noise at an SNR, occlusion, a dropped modality):
 #: only the valid range is enforced, and its eps is infinite.
 NORMS = ("linf", "l2", "none")
@@ -78,6 +80,6 @@ class ThreatModel:
     def to_dict(self) -> dict:
         return {
             "name": self.name,
-            "budgets": {m: {"norm": b.norm, "eps": b.eps, "bounds": list(b.bounds)} for m, b in self.budgets.items()},
+            "budgets": {m: {"norm": b.norm, "eps": b.eps, "bounds": [json_bound(x) for x in b.bounds]} for m, b in self.budgets.items()},
             "canonical": self.canonical(),
         }
