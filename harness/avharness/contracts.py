@@ -91,6 +91,29 @@ class Evidence:
     adv_logits: torch.Tensor
     threat: ThreatModel
     perturbation: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    #: when the attack succeeded on a sample (see ``avharness.success``): "default" is the task's
+    #: rule (multiclass: correct when clean, wrong under attack; multi-label: any label flipped)
+    success_rule: str = "default"
+    #: the AP drop that counts as a success under the ``ap_drop`` rule
+    success_margin: float = 0.1
+
+    @property
+    def attackable(self) -> torch.Tensor:
+        """Per-sample bool: the samples the success rule applies to."""
+        return self._outcome()[0]
+
+    @property
+    def success(self) -> torch.Tensor:
+        """Per-sample bool: the attack succeeded (always False where not attackable)."""
+        return self._outcome()[1]
+
+    def _outcome(self):
+        if getattr(self, "_cached_outcome", None) is None:
+            from .success import outcome
+
+            self._cached_outcome = outcome(self.task, self.success_rule, self.success_margin,
+                                           self.clean_logits, self.adv_logits, self.target)
+        return self._cached_outcome
 
     @property
     def clean_correct(self) -> torch.Tensor:

@@ -21,6 +21,7 @@ from .model import AVModel, load_model, model_spec, save_model
 from .plugins import Registry, get_registry
 from .progress import Reporter
 from .seeding import SampleRNG, derive_seed, seed_everything
+from .success import resolve_rule
 from .store import Store, atomic_write_json, ensure_writable
 from .suite import PluginSpec, Suite, _Where, build_component, check_plugins, sha256_json
 
@@ -166,6 +167,8 @@ def _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval
     key = sha256_json({
         "format": STORE_FORMAT, "train": tr.key, "attack": aspec.identity(), "threat": threat.canonical(),
         "eval": eval_id, "seed": suite.seed, "metrics": [m.identity() for m, _ in metrics],
+        # only when not the defaults, so cells stored before these options existed stay valid
+        **({"judge": judge} if (judge := _judge(suite)) else {}),
     })[:20]
     cell = store.load_cell(key)
     if cell is not None:
@@ -182,6 +185,23 @@ def _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval
     store.save_cell(key, cell)
     cell["reused"] = False
     return cell
+
+
+def _judge(suite) -> dict:
+    """The suite's non-default evaluation rules (success rule, AP margin, label threshold)."""
+    out = {"success": suite.success, "success_margin": suite.success_margin, "threshold": suite.threshold}
+    defaults = {"success": "default", "success_margin": 0.1, "threshold": None}
+    return {k: v for k, v in out.items() if v != defaults[k]}
+
+
+def eval_task(suite, task):
+    """The dataset's task with the suite's label threshold (a probability) as a logit."""
+    if suite.threshold is None:
+        return task
+    import dataclasses
+    import math
+
+    return dataclasses.replace(task, threshold=math.log(suite.threshold / (1 - suite.threshold)))
 
 
 def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, store, dev, reporter) -> Trained:
@@ -282,7 +302,7 @@ def _clean_pass(suite, dataset, tr: Trained, dev, n) -> torch.Tensor:
 
 
 def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics, dev, n, reporter) -> dict:
-    task = dataset.task
+    task = eval_task(suite, dataset.task)
     t0 = time.perf_counter()
     ids, targets, adv_logits = [], [], []
     stats = {m: {"linf": [], "l2": [], "signal_l2": []} for m in threat.modalities}
@@ -316,12 +336,14 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
     ev = Evidence(
         task=task, ids=ids, target=torch.cat(targets), clean_logits=tr.clean_logits, adv_logits=adv_logits,
         threat=threat, perturbation={m: {k: torch.cat(v) for k, v in s.items()} for m, s in stats.items()},
+        success_rule=suite.success, success_margin=suite.success_margin,
     )
     values, directions = {}, {}
     for mspec, metric in metrics:
         values.update({k: float(v) for k, v in metric.compute(ev).items()})
         directions.update(metric.higher_is_better)
     clean_ok, robust_ok = ev.clean_correct, ev.robust_correct
+    attackable, success = ev.attackable, ev.success
     clean_pred, adv_pred = task.predict(ev.clean_logits), task.predict(adv_logits)
     samples = [
         {
@@ -331,8 +353,8 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
             "adv_pred": _pred(adv_pred[i]),
             "clean_correct": bool(clean_ok[i]),
             "robust": bool(robust_ok[i]),
-            # an attack only "succeeds" on a sample the model got right to begin with
-            "success": (not bool(robust_ok[i])) if bool(clean_ok[i]) else None,
+            # null where the success rule does not apply (multiclass: the clean prediction was wrong)
+            "success": bool(success[i]) if bool(attackable[i]) else None,
         }
         for i, sid in enumerate(ids)
     ]
@@ -342,6 +364,7 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
         "norm": {m: b.norm for m, b in threat.budgets.items()},
         "canonical": threat.canonical(),
         "n": len(ids),
+        "success_rule": resolve_rule(task, suite.success),
         # the largest achieved perturbation per modality in its own norm (the budget check's evidence)
         "achieved": {m: float(ev.perturbation[m]["linf" if b.norm == "linf" else "l2"].max()) if ids else 0.0
                      for m, b in threat.budgets.items() if b.norm != "none"},

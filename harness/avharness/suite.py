@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .success import MULTILABEL_RULES
 from .plugins import Registry, unknown_message
 from .threat import NORMS, Budget, ThreatModel
 from .yamlload import LineDict, LineList, load_yaml, parse_yaml, plain
@@ -24,7 +25,8 @@ TOP_KEYS = {
     "schema", "name", "version", "description", "seed", "device", "data", "eval",
     "models", "defenses", "attacks", "threats", "metrics",
 }
-EVAL_KEYS = {"split": str, "batch_size": int, "limit": (int, type(None))}
+EVAL_KEYS = {"split": str, "batch_size": int, "limit": (int, type(None)), "success": str, "success_margin": float,
+             "threshold": (float, type(None))}
 DEVICES = ("auto", "cpu", "cuda")
 #: parameters the harness passes to factories itself; a suite may not set them
 INJECTED = {"model": {"task", "specs"}, "dataset": set(), "attack": set(), "defense": set(), "metric": set()}
@@ -84,6 +86,10 @@ class Suite:
     metrics: list[PluginSpec]
     resolved: dict
     raw: LineDict = field(repr=False, default=None)
+    #: when an attack succeeded (avharness.success); the AP drop for ap_drop; the label threshold
+    success: str = "default"
+    success_margin: float = 0.1
+    threshold: float | None = None
 
     @property
     def sha256(self) -> str:
@@ -226,6 +232,17 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         raise w.error("eval.batch_size", _line(ev, "batch_size"), "must be at least 1")
     if limit is not None and limit < 1:
         raise w.error("eval.limit", _line(ev, "limit"), "must be at least 1 (or null for all samples)")
+    success = ev.get("success", "default")
+    if success not in ("default",) + MULTILABEL_RULES:
+        raise w.error("eval.success", _line(ev, "success"),
+                      f"unknown success rule {success!r}; use default or (multi-label) {', '.join(MULTILABEL_RULES)}")
+    success_margin = float(ev.get("success_margin", 0.1))
+    if not 0 <= success_margin < 1:
+        raise w.error("eval.success_margin", _line(ev, "success_margin"), f"must be in [0, 1) (an AP drop), got {success_margin}")
+    threshold = ev.get("threshold")
+    if threshold is not None and not 0 < threshold < 1:
+        raise w.error("eval.threshold", _line(ev, "threshold"),
+                      f"must be a probability in (0, 1) above which a label counts as present, got {threshold}")
 
     models = _plugin_list(w, "model", get("models", list, required=True), "models", named=True)
     defenses = _plugin_list(w, "defense", get("defenses", list, None) or _default_list("standard"), "defenses")
@@ -246,7 +263,8 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
     resolved = {
         "schema": SCHEMA, "name": name, "version": version, "seed": seed, "device": device,
         "data": data.identity(),
-        "eval": {"split": split, "batch_size": batch_size, "limit": limit},
+        "eval": {"split": split, "batch_size": batch_size, "limit": limit, "success": success,
+                 "success_margin": success_margin, "threshold": threshold},
         "models": [{"name": m.name, **m.identity()} for m in models],
         "defenses": [{"name": d.name, **d.identity()} for d in defenses],
         "attacks": [{"name": a.name, **a.identity()} for a in attacks],
@@ -255,7 +273,7 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         "metrics": [{"name": m.name, **m.identity()} for m in metrics],
     }
     return Suite(path, name, version, seed, device, data, split, batch_size, limit, models, defenses, attacks,
-                 threats, metrics, resolved, raw)
+                 threats, metrics, resolved, raw, success, success_margin, threshold)
 
 
 def _default_list(plugin: str) -> LineList:
@@ -438,6 +456,13 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
     data_factory = registry.get("dataset", suite.data.plugin)
     takes_seed = "seed" in inspect.signature(data_factory).parameters and "seed" not in suite.data.params
     dataset = build_component(w, suite.data, registry, **({"seed": suite.seed} if takes_seed else {}))
+    if suite.success != "default" and dataset.task.kind != "multilabel":
+        raise w.error("eval.success", _line(suite.raw.get("eval") or {}, "success") if suite.raw else 0,
+                      f"success rule {suite.success!r} is for multi-label tasks; dataset {suite.data.plugin!r} is "
+                      f"{dataset.task.kind}, whose attacks succeed by turning a correct prediction wrong (use default)")
+    if suite.threshold is not None and dataset.task.kind != "multilabel":
+        raise w.error("eval.threshold", _line(suite.raw.get("eval") or {}, "threshold") if suite.raw else 0,
+                      f"a label threshold only applies to multi-label tasks; dataset {suite.data.plugin!r} is {dataset.task.kind}")
     for t in suite.threats:
         for m in t.modalities:
             if m not in dataset.specs:

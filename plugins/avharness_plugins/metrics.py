@@ -34,18 +34,19 @@ class Accuracy:
 
 
 class AttackSuccessRate:
-    """attack_success_rate: among samples correct when clean, the share the attack made wrong.
+    """attack_success_rate: among the samples the success rule applies to, the share it broke.
 
-    Samples already wrong when clean are left out (there is nothing to attack). With no
-    clean-correct sample the rate is 0.0: the attack flipped none (read it beside clean_accuracy).
-    Higher is better from the attacker's side, which is how this number is read.
+    The rule is the suite's ``eval.success`` (``Evidence.success``): for multiclass, samples
+    correct when clean that the attack made wrong (samples already wrong are left out: there is
+    nothing to attack); for multi-label, a label flip, a changed top-1 label or an AP drop. With no
+    attackable sample the rate is 0.0 (read it beside clean_accuracy). Higher is better from the
+    attacker's side, which is how this number is read.
     """
 
     higher_is_better = {"attack_success_rate": True}
 
     def compute(self, ev: Evidence) -> dict[str, float]:
-        clean = ev.clean_correct
-        return {"attack_success_rate": _fraction(~ev.robust_correct[clean])}
+        return {"attack_success_rate": _fraction(ev.success[ev.attackable])}
 
 
 # Directions: smaller, less perceptible perturbations are "better" (the attacker's view, as in
