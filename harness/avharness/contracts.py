@@ -130,7 +130,13 @@ class Metric(Protocol):
     #: metric value name -> True when higher is better
     higher_is_better: dict[str, bool]
 
-    def compute(self, ev: Evidence) -> dict[str, float]: ...
+    def compute(self, ev: Evidence) -> dict[str, float]:
+        """Scalar values, named as in ``higher_is_better``.
+
+        A metric may also define ``details(ev) -> dict`` (JSON-able): a breakdown too big for
+        scalars, e.g. per-class values, stored in the cell under ``details[<metric name>]``.
+        """
+        ...
 
 
 @dataclass

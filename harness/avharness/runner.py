@@ -338,10 +338,12 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
         threat=threat, perturbation={m: {k: torch.cat(v) for k, v in s.items()} for m, s in stats.items()},
         success_rule=suite.success, success_margin=suite.success_margin,
     )
-    values, directions = {}, {}
+    values, directions, details = {}, {}, {}
     for mspec, metric in metrics:
         values.update({k: float(v) for k, v in metric.compute(ev).items()})
         directions.update(metric.higher_is_better)
+        if hasattr(metric, "details"):  # per-class breakdowns and the like, kept beside the values
+            details[mspec.name] = metric.details(ev)
     clean_ok, robust_ok = ev.clean_correct, ev.robust_correct
     attackable, success = ev.attackable, ev.success
     clean_pred, adv_pred = task.predict(ev.clean_logits), task.predict(adv_logits)
@@ -370,6 +372,7 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
                      for m, b in threat.budgets.items() if b.norm != "none"},
         "metrics": values,
         "higher_is_better": directions,
+        **({"details": details} if details else {}),
         "attack_stats": attack_stats,
         "wall_s": round(time.perf_counter() - t0, 3),
         "samples": samples,
