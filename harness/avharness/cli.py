@@ -47,6 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a plugin parameter (VALUE read as YAML), e.g. --param steps=20")
 
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("stats", help="compute a suite dataset's feature normalisation statistics (mean, std)")
+    ds.add_argument("suite")
+    ds.add_argument("-o", "--output", required=True, help="where to write the statistics (JSON)")
+    ds.add_argument("--split", default="train", help="split to compute them on (default train; never the eval split "
+                    "you report on, unless you mean to)")
+    ds.add_argument("--limit", type=int, help="use only the first N clips of the split")
+    ds.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    m = sub.add_parser("model", help="model tools")
+    msub = m.add_subparsers(dest="model_command", required=True)
+    mi = msub.add_parser("init", help="write seeded, randomly initialised weights for every model of a suite "
+                         "(a starting point, or stand-ins for real checkpoints in a dry run)")
+    mi.add_argument("suite")
+    mi.add_argument("-o", "--output", required=True, help="folder for <model name>.pt files")
+    mi.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
     c = sub.add_parser("check", help="compare a report with a baseline; exit 1 when a metric moved")
     c.add_argument("report", help="report.json (or its folder)")
     c.add_argument("--baseline", required=True, help="baseline report.json")
@@ -57,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "plugin": cmd_plugin}
+        commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "plugin": cmd_plugin,
+                    "data": cmd_data, "model": cmd_model}
         return commands[args.command](args)
     except UserError as exc:
         print(f"avharness: error: {exc}", file=sys.stderr)
@@ -145,6 +164,56 @@ def cmd_plugin(args) -> int:
     failed = sum(not ok for _, ok, _ in results)
     print(f"{args.name}: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def cmd_data(args) -> int:
+    from .plugins import get_registry
+    from .store import atomic_write_json, ensure_writable
+    from .suite import build_dataset, load_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    dataset = build_dataset(suite, get_registry())
+    if not hasattr(dataset, "feature_stats"):
+        raise UserError(f"dataset {suite.data.plugin!r} computes no feature statistics (it has no feature_stats "
+                        "method); its features need none or come normalised")
+    if args.split not in dataset.splits():
+        raise UserError(f"dataset {suite.data.plugin!r} has no split {args.split!r}; it has: {', '.join(dataset.splits())}"
+                        " (choose one with --split)")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    out = Path(args.output)
+    ensure_writable(out.parent if str(out.parent) else Path("."))
+    stats = dataset.feature_stats(args.split, limit=args.limit)
+    atomic_write_json(out, stats)
+    shown = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+    print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    return 0
+
+
+def cmd_model(args) -> int:
+    import torch
+
+    from .plugins import get_registry
+    from .seeding import derive_seed, seed_everything
+    from .store import atomic_write_bytes, ensure_writable
+    from .suite import _Where, build_component, build_dataset, load_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    registry = get_registry()
+    dataset = build_dataset(suite, registry)
+    out = ensure_writable(args.output)
+    import io
+
+    for i, mspec in enumerate(suite.models):
+        seed_everything(derive_seed(suite.seed, "init", mspec.name))
+        model = build_component(_Where(suite.path), mspec, registry, task=dataset.task, specs=dataset.specs)
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+        path = out / f"{mspec.name}.pt"
+        atomic_write_bytes(path, buf.getvalue())
+        print(f"wrote {path} ({sum(p.numel() for p in model.parameters())} parameters): "
+              f"--set models.{i}.checkpoint={path}")
+    return 0
 
 
 def cmd_check(args) -> int:

@@ -60,6 +60,8 @@ def build_report(res: RunResult, started: str) -> dict:
             "achieved": c.get("achieved", {}),
             "metrics": c["metrics"], "higher_is_better": c["higher_is_better"],
             "attack_stats": c.get("attack_stats", {}),
+            "success_rule": c.get("success_rule"),
+            **({"details": c["details"]} if c.get("details") else {}),
             "wall_s": c["wall_s"], "reused": c["reused"],
         })
     return {
@@ -88,6 +90,8 @@ def build_report(res: RunResult, started: str) -> dict:
                 "name": t.spec.name, "plugin": t.spec.plugin, "params": t.spec.params, "defense": t.defense.name,
                 "modalities": list(t.model.modalities), "n_parameters": sum(p.numel() for p in t.model.parameters()),
                 "checkpoint": str(t.folder), "key": t.key, "reused": t.reused, "fit": t.fit,
+                # the weights it started from (path, sha256, key map), when a suite gave a checkpoint
+                "weights": t.fit.get("init"),
                 "metrics": t.metrics,
             }
             for t in res.trained
@@ -187,6 +191,33 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _paired_metric_tables(cells: list[dict], attacks: list[str], threats: list[str]) -> list[str]:
+    """One sweep table per metric reported as a clean_X / robust_X pair (mAP, d′, ...), accuracy aside.
+
+    Multi-label suites live by these: exact-match accuracy over 527 tags says little.
+    """
+    names = list(dict.fromkeys(k[len("clean_"):] for c in cells for k in c["metrics"]
+                               if k.startswith("clean_") and f"robust_{k[len('clean_'):]}" in c["metrics"]))
+    md = []
+    for x in [n for n in names if n != "accuracy"]:
+        md += [f"## Clean vs robust {x}", ""]
+        for a in attacks:
+            for t in threats:
+                tc = [c for c in cells if c["attack"] == a and c["threat"] == t and f"robust_{x}" in c["metrics"]]
+                if not tc:
+                    continue
+                steps = sorted({c["step"] for c in tc})
+                labels = {c["step"]: _eps_label(c) for c in tc}
+                md += [f"### {x}: {a} — threat {t}", ""]
+                rows = []
+                for m in dict.fromkeys((c["model"], c["defense"]) for c in tc):
+                    mc = {c["step"]: c for c in tc if (c["model"], c["defense"]) == m}
+                    rows.append([m[0], m[1], _num(next(iter(mc.values()))["metrics"][f"clean_{x}"])]
+                                + [_num(mc[st]["metrics"][f"robust_{x}"]) if st in mc else "–" for st in steps])
+                md += _table(["model", "defense", "clean"] + [labels[st] for st in steps], rows) + [""]
+    return md
+
+
 def render_markdown(r: dict) -> str:
     s = r["suite"]
     env = r["environment"]
@@ -199,9 +230,12 @@ def render_markdown(r: dict) -> str:
         f"evaluated on split `{data['eval']['split']}`: {data['eval']['n_effective']} of {data['eval']['n_original']} samples",
         f"- avharness {env['avharness']}, Python {env['python']}, torch {env['torch']}, device {env['device']}",
         f"- finished {r['finished']}",
+        *([f"- attack success rule: {', '.join(rules)} (see avharness.success)"]
+          if (rules := sorted({c["success_rule"] for c in r["cells"] if c.get("success_rule")})) else []),
         "",
         "Robust accuracy counts a sample as robust only if it is classified correctly both clean and "
-        "under attack. Numbers are percentages.",
+        "under attack" + (" (multi-label: every thresholded tag exact)" if data["task"]["kind"] == "multilabel" else "")
+        + ". Accuracies are percentages.",
         "",
     ]
     cells = r["cells"]
@@ -244,6 +278,8 @@ def render_markdown(r: dict) -> str:
                 rows.append([m[0], m[1], _pct(next(iter(mc.values()))["clean_accuracy"])]
                             + [_pct(mc[st]["robust_accuracy"]) if st in mc else "–" for st in steps])
             md += _table(["model", "defense", "clean"] + [labels[st] for st in steps], rows) + [""]
+
+    md += _paired_metric_tables(cells, attacks, threats)
 
     if r["metric_predicts_robustness"]:
         md += ["## Do latent metrics predict robustness?", "",

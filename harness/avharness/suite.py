@@ -28,6 +28,8 @@ TOP_KEYS = {
 EVAL_KEYS = {"split": str, "batch_size": int, "limit": (int, type(None)), "success": str, "success_margin": float,
              "threshold": (float, type(None))}
 DEVICES = ("auto", "cpu", "cuda")
+#: model entry keys the harness reads itself (weights to start from), never passed to the factory
+LOAD_KEYS = {"checkpoint": str, "key_map": dict}
 #: parameters the harness passes to factories itself; a suite may not set them
 INJECTED = {"model": {"task", "specs"}, "dataset": set(), "attack": set(), "defense": set(), "metric": set()}
 
@@ -40,10 +42,15 @@ class PluginSpec:
     params: dict
     where: str  # "models[2]"
     lines: dict = field(default_factory=dict, compare=False)  # key -> line (or "--set")
+    #: models only: weights to start from, {"checkpoint": path, "key_map": {old prefix: new}}
+    load: dict = field(default_factory=dict)
 
     def identity(self) -> dict:
-        """What determines this component's behaviour (hashed into cache keys)."""
-        return {"plugin": self.plugin, "params": self.params}
+        """What determines this component's behaviour (hashed into cache keys).
+
+        A checkpoint enters by path here (the suite as written); the runner hashes its bytes.
+        """
+        return {"plugin": self.plugin, "params": self.params, **({"load": self.load} if self.load else {})}
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,23 @@ def _plugin_spec(w: _Where, kind: str, item, where: str, line, named: bool) -> P
     params = {k: plain(v) for k, v in item.items() if k not in ("plugin", "name")}
     lines = dict(getattr(item, "key_lines", {}))
     lines.setdefault("", getattr(item, "line", line) or line)
-    return PluginSpec(kind, name, plugin, params, where, lines)
+    load = {}
+    if kind == "model":  # weights to start from: read by the harness, not passed to the factory
+        for key, t in LOAD_KEYS.items():
+            value = params.pop(key, None)
+            if value is None:
+                continue
+            if not _is(value, t):
+                raise w.error(f"{where}.{key}", lines.get(key, line), f"expected {_typename(t)}, got {value!r}")
+            load[key] = value
+        if "key_map" in load and "checkpoint" not in load:
+            raise w.error(f"{where}.key_map", lines.get("key_map", line), "key_map renames a checkpoint's keys; "
+                          "give the checkpoint too (models[i].checkpoint: path to a state dict)")
+        for old, new in load.get("key_map", {}).items():
+            if not isinstance(old, str) or not (new is None or isinstance(new, str)):
+                raise w.error(f"{where}.key_map", lines.get("key_map", line),
+                              f"maps key prefixes to prefixes (or null to drop them), got {old!r}: {new!r}")
+    return PluginSpec(kind, name, plugin, params, where, lines, load)
 
 
 def _plugin_list(w: _Where, kind: str, items, key: str, named: bool = False) -> list[PluginSpec]:
@@ -452,10 +475,7 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
                           unknown_message(kind, spec.plugin, registry.names(kind)))
         factory = registry.get(kind, spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}")
         check_params(w, spec, factory)
-    # A dataset that takes a seed gets the suite's, unless the suite sets one for the data itself.
-    data_factory = registry.get("dataset", suite.data.plugin)
-    takes_seed = "seed" in inspect.signature(data_factory).parameters and "seed" not in suite.data.params
-    dataset = build_component(w, suite.data, registry, **({"seed": suite.seed} if takes_seed else {}))
+    dataset = build_dataset(suite, registry)
     if suite.success != "default" and dataset.task.kind != "multilabel":
         raise w.error("eval.success", _line(suite.raw.get("eval") or {}, "success") if suite.raw else 0,
                       f"success rule {suite.success!r} is for multi-label tasks; dataset {suite.data.plugin!r} is "
@@ -463,6 +483,20 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
     if suite.threshold is not None and dataset.task.kind != "multilabel":
         raise w.error("eval.threshold", _line(suite.raw.get("eval") or {}, "threshold") if suite.raw else 0,
                       f"a label threshold only applies to multi-label tasks; dataset {suite.data.plugin!r} is {dataset.task.kind}")
+    built_defenses = [(d, build_component(w, d, registry)) for d in suite.defenses]
+    for d, defense in built_defenses:
+        if getattr(defense, "trains", True):
+            continue
+        for i, m in enumerate(suite.models):
+            if not m.load:
+                raise w.error(m.where, m.lines[""], f"defense {d.name!r} evaluates models as loaded, without training, "
+                              f"but model {m.name!r} has no checkpoint: give one with models[{i}].checkpoint "
+                              f"(--set models.{i}.checkpoint=/path/to/weights.pt), or train it with defense standard")
+    for i, m in enumerate(suite.models):
+        if m.load:
+            from .runner import checkpoint_path
+
+            checkpoint_path(w, m)
     for t in suite.threats:
         for m in t.modalities:
             if m not in dataset.specs:
@@ -471,9 +505,23 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
     return Components(
         dataset,
         [(a, build_component(w, a, registry)) for a in suite.attacks],
-        [(d, build_component(w, d, registry)) for d in suite.defenses],
+        built_defenses,
         [(m, build_component(w, m, registry)) for m in suite.metrics],
     )
+
+
+def build_dataset(suite: Suite, registry: Registry):
+    """The suite's dataset object (cheap: nothing is read yet)."""
+    w = _Where(suite.path)
+    spec = suite.data
+    if spec.plugin not in registry.entries["dataset"] and ("dataset", spec.plugin) not in registry.conflicts:
+        raise w.error("data.plugin", spec.lines.get("plugin", spec.lines[""]),
+                      unknown_message("dataset", spec.plugin, registry.names("dataset")))
+    factory = registry.get("dataset", spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}")
+    check_params(w, spec, factory)
+    # A dataset that takes a seed gets the suite's, unless the suite sets one for the data itself.
+    takes_seed = "seed" in inspect.signature(factory).parameters and "seed" not in spec.params
+    return build_component(w, spec, registry, **({"seed": suite.seed} if takes_seed else {}))
 
 
 def build_component(w_or_path, spec: PluginSpec, registry: Registry, **injected):

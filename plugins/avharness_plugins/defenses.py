@@ -153,6 +153,25 @@ def standard(optimizer: str = "adam", lr: float = 1e-3, epochs: int = 10, batch_
     return Standard(optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay)
 
 
+class NoTraining:
+    """Evaluate a model as loaded from its checkpoint: no training step, no data read.
+
+    ``trains = False`` tells the harness every model under this defense needs a ``checkpoint``
+    (a model with random weights is not worth attacking), which ``avharness validate`` checks.
+    """
+
+    trains = False
+
+    def fit(self, model, data, ctx) -> dict:
+        return {"epochs": 0, "steps": 0, "forward_samples": 0, "backward_samples": 0,
+                "note": "evaluated as loaded from its checkpoint (defense none)"}
+
+
+def none() -> NoTraining:
+    return NoTraining()
+
+
 @hookimpl
 def register_defenses(register):
     register("standard", standard)
+    register("none", none)
