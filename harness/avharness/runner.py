@@ -22,6 +22,7 @@ from .plugins import Registry, get_registry
 from .progress import Reporter
 from .seeding import SampleRNG, derive_seed, seed_everything
 from .success import resolve_rule
+from .weights import checkpoint_path, file_sha256, load_weights
 from .store import Store, atomic_write_json, ensure_writable
 from .suite import PluginSpec, Suite, _Where, build_component, check_plugins, sha256_json
 
@@ -205,8 +206,13 @@ def eval_task(suite, task):
 
 
 def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, store, dev, reporter) -> Trained:
-    identity = {"format": STORE_FORMAT, "model": mspec.identity(), "defense": dspec.identity(), "data": data_id,
-                "seed": suite.seed}
+    model_id = {"plugin": mspec.plugin, "params": mspec.params}
+    init = None
+    if mspec.load:  # a checkpoint enters by its bytes, not its path: moving the file reuses the store
+        path = checkpoint_path(w, mspec)
+        init = {"sha256": file_sha256(path), "key_map": mspec.load.get("key_map")}
+    identity = {"format": STORE_FORMAT, "model": model_id, **({"init": init} if init else {}),
+                "defense": dspec.identity(), "data": data_id, "seed": suite.seed}
     key = sha256_json(identity)[:20]
     folder = store.model_dir(key)
     label = f"{mspec.name} ({dspec.name})"
@@ -226,12 +232,21 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
     model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
     if not isinstance(model, AVModel):
         raise TypeError(f"model plugin {mspec.plugin!r} returned {type(model).__name__}, not an avharness.AVModel")
+    loaded = None
+    if init:
+        try:
+            loaded = load_weights(model, checkpoint_path(w, mspec), key_map=mspec.load.get("key_map"))
+        except UserError as exc:
+            raise w.error(f"{mspec.where}.checkpoint", mspec.lines.get("checkpoint", mspec.lines[""]), str(exc)) from None
+        reporter.log(f"model {label}: weights from {loaded['path']} (sha256 {loaded['sha256'][:12]})")
     model.to(dev).train()
     ctx = FitContext(device=dev, seed=fit_seed, progress=reporter.task, log=reporter.log)
     t = time.perf_counter()
     fit = dict(defense.fit(model, dataset, ctx) or {})
     fit.setdefault("wall_s", round(time.perf_counter() - t, 3))
     fit["defense"] = dspec.identity()
+    if loaded:
+        fit["init"] = loaded  # the weights it started from: path, sha256, key map, keys left out
     model.eval()
     save_model(model, model_spec(mspec.plugin, mspec.params, dataset.task, dataset.specs), folder)
     atomic_write_json(folder / "fit.json", fit)  # written last: marks the checkpoint complete

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .success import MULTILABEL_RULES
+from .weights import checkpoint_path
 from .plugins import Registry, unknown_message
 from .threat import NORMS, Budget, ThreatModel
 from .yamlload import LineDict, LineList, load_yaml, parse_yaml, plain
@@ -483,20 +484,18 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
     if suite.threshold is not None and dataset.task.kind != "multilabel":
         raise w.error("eval.threshold", _line(suite.raw.get("eval") or {}, "threshold") if suite.raw else 0,
                       f"a label threshold only applies to multi-label tasks; dataset {suite.data.plugin!r} is {dataset.task.kind}")
+    for m in suite.models:
+        if m.load:
+            checkpoint_path(w, m)
     built_defenses = [(d, build_component(w, d, registry)) for d in suite.defenses]
     for d, defense in built_defenses:
-        if getattr(defense, "trains", True):
-            continue
-        for i, m in enumerate(suite.models):
-            if not m.load:
-                raise w.error(m.where, m.lines[""], f"defense {d.name!r} evaluates models as loaded, without training, "
-                              f"but model {m.name!r} has no checkpoint: give one with models[{i}].checkpoint "
-                              f"(--set models.{i}.checkpoint=/path/to/weights.pt), or train it with defense standard")
-    for i, m in enumerate(suite.models):
-        if m.load:
-            from .runner import checkpoint_path
-
-            checkpoint_path(w, m)
+        unloaded = [(i, m) for i, m in enumerate(suite.models) if not m.load]
+        if not getattr(defense, "trains", True) and unloaded:
+            names = ", ".join(f"{m.name!r} ({m.where})" for _, m in unloaded)
+            sets = " ".join(f"--set models.{i}.checkpoint=/path/to/{m.name}.pt" for i, m in unloaded)
+            raise w.error(f"{d.where}", d.lines[""], f"defense {d.name!r} evaluates models as loaded, without training, "
+                          f"but {names} {'has' if len(unloaded) == 1 else 'have'} no checkpoint: give "
+                          f"{'it' if len(unloaded) == 1 else 'them'} with {sets} (or train with defense standard)")
     for t in suite.threats:
         for m in t.modalities:
             if m not in dataset.specs:
