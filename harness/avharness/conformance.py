@@ -8,6 +8,7 @@ synthetic evidence. Each check returns (name, ok, detail).
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 from torch import nn
@@ -63,8 +64,14 @@ class _Synthetic:
 
 def _inputs(specs: dict[str, InputSpec], seed: int = 0) -> dict[str, torch.Tensor]:
     g = generator(seed, "conformance")
-    return {m: s.bounds[0] + (s.bounds[1] - s.bounds[0]) * torch.rand((N, *s.shape), generator=g)
-            for m, s in sorted(specs.items())}
+    out = {}
+    for m, s in sorted(specs.items()):
+        lo, hi = s.bounds
+        # an open range (a log feature has no ceiling) is sampled over a few units from its finite end
+        lo = lo if math.isfinite(lo) else (hi - 6.0 if math.isfinite(hi) else -3.0)
+        hi = hi if math.isfinite(hi) else lo + 6.0
+        out[m] = lo + (hi - lo) * torch.rand((N, *s.shape), generator=g)
+    return out
 
 
 def _target(task: Task) -> torch.Tensor:
@@ -225,18 +232,23 @@ def check_metric(metric) -> list:
     if getattr(metric, "scope", "cell") == "model":
         results.append(("scope", True, "model-scope metric: checked with a run (compute_model needs a trained model)"))
         return results
-    task = Task("multiclass", tuple("abcd"))
     g = generator(0, "metric")
-    ev = Evidence(task, [str(i) for i in range(N)], torch.arange(N) % 4, torch.randn(N, 4, generator=g),
-                  torch.randn(N, 4, generator=g), ThreatModel("t", {"audio": Budget("linf", 0.1, (-1.0, 1.0))}),
-                  {"audio": {"linf": torch.full((N,), 0.1, dtype=torch.float64), "l2": torch.full((N,), 0.3, dtype=torch.float64),
-                             "signal_l2": torch.full((N,), 3.0, dtype=torch.float64)}})
+    perturbation = {"audio": {"linf": torch.full((N,), 0.1, dtype=torch.float64), "l2": torch.full((N,), 0.3, dtype=torch.float64),
+                              "signal_l2": torch.full((N,), 3.0, dtype=torch.float64)}}
+    threat = ThreatModel("t", {"audio": Budget("linf", 0.1, (-1.0, 1.0))})
+    accepted = []
+    for kind in ("multiclass", "multilabel"):  # a metric may refuse one task kind with a UserError
+        task = Task(kind, tuple("abcd"))
+        ev = Evidence(task, [str(i) for i in range(N)], _target(task), torch.randn(N, 4, generator=g),
+                      torch.randn(N, 4, generator=g), threat, perturbation)
 
-    def values():
-        out = metric.compute(ev)
-        missing = [k for k in out if k not in metric.higher_is_better]
-        return isinstance(out, dict) and not missing, f"keys {sorted(out)}" + (f"; no direction for {missing}" if missing else "")
-    _run(results, "every value has a direction", values)
+        def values(ev=ev):
+            out = metric.compute(ev)
+            missing = [k for k in out if k not in metric.higher_is_better]
+            accepted.append(kind)
+            return isinstance(out, dict) and not missing, f"keys {sorted(out)}" + (f"; no direction for {missing}" if missing else "")
+        _run(results, f"every value has a direction ({kind})", values, refusal_ok=True)
+    results.append(("accepts a task kind", bool(accepted), ", ".join(accepted) or "refused every task kind"))
     return results
 
 
