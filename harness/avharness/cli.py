@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--data", default="avdigits", help="dataset whose task and specs models are checked on (default avdigits)")
     pc.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a plugin parameter (VALUE read as YAML), e.g. --param steps=20")
+    pc.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a parameter of the --data dataset, e.g. --data-param root=/data/audioset")
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -152,13 +154,17 @@ def cmd_plugin(args) -> int:
 
     from .yamlload import parse_yaml
 
-    params = {}
-    for item in args.param:
-        if "=" not in item:
-            raise UserError(f"--param {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        params[key.strip()] = parse_yaml(value, f"--param {key.strip()}")
-    results = check_plugin(args.name, get_registry(), kind=args.kind, data=args.data, params=params)
+    def read(items, flag):
+        out = {}
+        for item in items:
+            if "=" not in item:
+                raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+            key, value = item.split("=", 1)
+            out[key.strip()] = parse_yaml(value, f"{flag} {key.strip()}")
+        return out
+
+    results = check_plugin(args.name, get_registry(), kind=args.kind, data=args.data, params=read(args.param, "--param"),
+                           data_params=read(args.data_param, "--data-param"))
     for name, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"  ({detail})" if detail else ""))
     failed = sum(not ok for _, ok, _ in results)

@@ -92,7 +92,7 @@ def _kind_of(name: str, registry: Registry, kind: str | None) -> str:
 
 
 def check_plugin(name: str, registry: Registry, kind: str | None = None, data: str = "avdigits",
-                 params: dict | None = None) -> list[tuple[str, bool, str]]:
+                 params: dict | None = None, data_params: dict | None = None) -> list[tuple[str, bool, str]]:
     kind = _kind_of(name, registry, kind)
     base = registry.get(kind, name)
     params = dict(params or {})
@@ -106,7 +106,7 @@ def check_plugin(name: str, registry: Registry, kind: str | None = None, data: s
     def factory(**kw):
         return base(**kw, **params)
     if kind == "model":
-        ds = registry.get("dataset", data)()
+        ds = registry.get("dataset", data)(**(data_params or {}))
         return check_model(lambda: factory(task=ds.task, specs=ds.specs), ds.task, ds.specs)
     if kind == "attack":
         return check_attack(factory())

@@ -3,7 +3,8 @@
 Checkpoints from other code (the seeds' training scripts, a lab's own) differ in three ways this
 module absorbs: they are wrapped (``{"state_dict": ...}``, ``{"model": ...}``), they carry
 DataParallel's ``module.`` prefix, and their layer names differ from ours. ``key_map`` renames key
-prefixes (old -> new, applied in order, first match wins; ``null`` drops the keys). Loading uses
+prefixes (old -> new, applied in order, each to the key the previous rules produced; ``null``
+drops the keys). Loading uses
 ``torch.load(weights_only=True)``: a checkpoint is data, and unpickling arbitrary objects from a
 file someone sent you runs their code.
 """
@@ -11,15 +12,17 @@ file someone sent you runs their code.
 from __future__ import annotations
 
 import hashlib
+import io
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import UserError
-
-_CONTAINERS = ("state_dict", "model_state_dict", "model", "net", "weights")
-
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -40,68 +43,140 @@ def checkpoint_path(w, mspec) -> Path:
     return path
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, unwrapped from common containers; UserError when unusable."""
-    path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path}: file not found") from None
-    except Exception as exc:  # pickle.UnpicklingError for objects, RuntimeError for damaged zips
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path}: not a loadable state dict ({first[:200]}); avharness loads weights only "
-                        "(torch.load weights_only=True), so save model.state_dict(), not the model object") from None
-    for key in _CONTAINERS:  # unwrap {"state_dict": {...}, "epoch": 3, ...}
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"checkpoint {path}: expected a mapping of parameter names to tensors (a state dict), "
-                        f"got {type(obj).__name__}")
-    if all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+#: container keys a training script commonly wraps its state dict in
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
+#: how many keys an error message lists per category
+SHOW = 5
 
 
-def remap_keys(state: dict[str, torch.Tensor], key_map: dict[str, str | None] | None) -> dict[str, torch.Tensor]:
-    """Rename key prefixes: the first matching ``old`` prefix becomes ``new``; ``None`` drops the key."""
-    if not key_map:
-        return dict(state)
-    out = {}
+def _unwrap(obj, path: Path) -> dict:
+    """The state dict inside a checkpoint container."""
+    seen = []
+    while isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((k for k in CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:SHOW]
+            raise UserError(
+                f"{path}: not a state dict of tensors: entries {bad} are not tensors and none of "
+                f"{list(CONTAINER_KEYS)} holds one{' (unwrapped ' + ' -> '.join(seen) + ')' if seen else ''}; "
+                "re-save the weights with torch.save(model.state_dict(), path)"
+            )
+        seen.append(repr(inner))
+        obj = obj[inner]
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path}: holds a {type(obj).__name__}, not a state dict; "
+                        "re-save the weights with torch.save(model.state_dict(), path)")
+    if not obj:
+        raise UserError(f"{path}: the state dict is empty")
+    return dict(obj)
+
+
+def _check_key_map(key_map) -> list[tuple[str, str | None]]:
+    if key_map is None:
+        return []
+    if not isinstance(key_map, Mapping):
+        raise UserError(f"key_map must be a mapping {{old_prefix: new_prefix or null}}, got {type(key_map).__name__}")
+    rules = []
+    for old, new in key_map.items():
+        if not isinstance(old, str) or not (new is None or isinstance(new, str)):
+            raise UserError(f"key_map entries must map a key prefix (string) to a prefix (string) or null, "
+                            f"got {old!r}: {new!r}")
+        rules.append((old, new))
+    return rules
+
+
+def _strip_data_parallel(state: dict, model_keys: set[str]) -> dict:
+    prefix = "module."
+    while state and all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in model_keys):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _apply_key_map(state: dict, rules, path: Path) -> tuple[dict, list[str]]:
+    out, dropped, origin = {}, [], {}
     for key, value in state.items():
-        for old, new in key_map.items():
-            if key.startswith(old):
-                if new is not None:
-                    out[new + key[len(old):]] = value
-                break
-        else:
-            out[key] = value
-    return out
+        new = key
+        for old, repl in rules:
+            if new.startswith(old):
+                if repl is None:
+                    new = None
+                    break
+                new = repl + new[len(old):]
+        if new is None:
+            dropped.append(key)
+            continue
+        if new in out:
+            raise UserError(f"{path}: key_map maps both {origin[new]!r} and {key!r} to {new!r}; make the prefixes distinct")
+        out[new], origin[new] = value, key
+    return out, dropped
 
 
-def load_weights(model: nn.Module, path: str | Path, key_map: dict[str, str | None] | None = None,
-                 strict: bool = True) -> dict:
-    """Load a checkpoint into ``model``; return what the report records about it.
+def _listing(keys: list[str]) -> str:
+    more = f" and {len(keys) - SHOW} more" if len(keys) > SHOW else ""
+    return ", ".join(keys[:SHOW]) + more
 
-    With ``strict``, every model parameter must be filled and every checkpoint key used, with the
-    right shapes: a half-loaded model gives confidently wrong robustness numbers. The error lists
-    the first mismatches so the user can write a ``key_map``.
-    """
+
+def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, strict: bool = True) -> dict:
+    """Load a state dict saved by other code into ``model`` (see the module docstring)."""
     path = Path(path)
-    state = remap_keys(read_state_dict(path), key_map)
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own)
-    shapes = sorted(f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
-                    if k in state and state[k].shape != own[k].shape)
-    if shapes or (strict and (missing or unexpected)):
+    rules = _check_key_map(key_map)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: weights file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the weights file ({e})") from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused:
+            raise UserError(
+                f"{path}: refused to unpickle {refused.group(1)}: torch.load(weights_only=True) loads only tensors and "
+                "plain containers, never arbitrary pickled objects (which could run code); re-save the weights with "
+                "torch.save(model.state_dict(), path)"
+            ) from None
+        raise UserError(
+            f"{path}: not a readable torch checkpoint: corrupt, not written by torch.save, or a raw pickle, which "
+            "torch.load(weights_only=True) refuses (it loads only tensors and plain containers); re-save the weights "
+            "with torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as e:  # truncated/corrupt zip, not a torch file at all, ...
+        raise UserError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+                        "is the file complete and written by torch.save?") from None
+
+    target = model.state_dict()
+    state = _unwrap(obj, path)
+    state = _strip_data_parallel(state, set(target))
+    state, dropped = _apply_key_map(state, rules, path)
+
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(target[k].shape)})"
+                  for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
+    if mismatched or (strict and (missing or unexpected)):
         parts = []
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (checkpoint vs model)", shapes)):
-            if keys:
-                parts.append(f"{len(keys)} {what}: {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}")
-        raise UserError(f"checkpoint {path} does not fit model {type(model).__name__}: {'; '.join(parts)}. "
-                        "Rename keys with the model entry's key_map ({old prefix: new prefix}, null drops a prefix); "
-                        "`avharness model init SUITE -o DIR` writes this model's own keys for comparison")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return {"path": str(path.resolve()), "sha256": file_sha256(path), "key_map": dict(key_map or {}),
-            "missing": missing, "unexpected": unexpected}
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with another shape: {_listing(mismatched)}")
+        raise UserError(
+            f"{path}: the weights do not fit {type(model).__name__} ({'; '.join(parts)}); rename keys with "
+            "key_map={'old.prefix.': 'new.prefix.'} (map a prefix to null to drop those keys, e.g. a classifier "
+            "for other classes); `avharness model init SUITE -o DIR` writes this model's own keys for comparison"
+        )
+    model.load_state_dict(state, strict=False)
+    return {
+        "path": str(path),
+        "sha256": sha256,
+        "key_map": dict(key_map) if key_map is not None else None,
+        "missing": missing,
+        "unexpected": unexpected,
+        "dropped": dropped,
+        "loaded": len(state) - len(unexpected),
+    }
