@@ -355,7 +355,12 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
     )
     values, directions, details = {}, {}, {}
     for mspec, metric in metrics:
-        values.update({k: float(v) for k, v in metric.compute(ev).items()})
+        out = metric.compute(ev)
+        clash = sorted(set(out) & set(values))
+        if clash:
+            raise UserError(f"metric {mspec.name!r} reports {', '.join(clash)}, which an earlier metric of the suite "
+                            "already reported; list each metric once (its parameters choose the variant)")
+        values.update({k: float(v) for k, v in out.items()})
         directions.update(metric.higher_is_better)
         if hasattr(metric, "details"):  # per-class breakdowns and the like, kept beside the values
             details[mspec.name] = metric.details(ev)
