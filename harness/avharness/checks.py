@@ -12,6 +12,8 @@ import torch
 
 #: tolerated rise of robust accuracy (share of samples) before a monotonicity check fails
 SLACK_SAMPLES = 1
+#: absolute slack (times max(eps, 1)) for a perturbation measured after float32 rounding of x + delta
+BUDGET_SLACK = 1e-5
 
 
 def check(name, status, value, threshold, doc, subject="") -> dict:
@@ -61,12 +63,14 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
                      "cells at eps = 0 whose robust accuracy differs from clean accuracy", ", ".join(zero_bad[:5])))
     # The runner refuses any attack output outside its budget or range, so a finished report always
     # passes this; the value shows how much of the budget the attacks used (1.0 = all of it).
-    ratios = [(a / c["eps"][m], c["id"]) for c in cells for m, a in c.get("achieved", {}).items()
-              if c["eps"].get(m)]
-    worst = max(ratios, default=(0.0, ""))
-    out.append(check("budget_respected", "pass" if worst[0] <= 1 + 1e-5 else "fail", worst[0], 1.0,
+    # The slack is the runner's (float32 rounding of x + delta: an absolute 1e-5 for eps <= 1, so a
+    # small eps on large-valued features, e.g. 0.01 on ResNet features near 20, is not a violation).
+    ratios = [(a / c["eps"][m], (a - c["eps"][m]) <= BUDGET_SLACK * max(c["eps"][m], 1.0), c["id"])
+              for c in cells for m, a in c.get("achieved", {}).items() if c["eps"].get(m)]
+    worst = max(ratios, default=(0.0, True, ""))
+    out.append(check("budget_respected", "pass" if all(ok for _, ok, _ in ratios) else "fail", worst[0], 1.0,
                      "largest achieved perturbation / eps over every cell and modality, after clipping to the "
-                     "valid range", worst[1]))
+                     "valid range (float32 rounding allowed)", worst[2]))
     bad = sum(1 for c in cells for s in c["samples"] if s["robust"] and not s["clean_correct"])
     out.append(check("robust_le_clean", "pass" if bad == 0 else "fail", bad, 0,
                      "samples counted robust although misclassified when clean", ""))

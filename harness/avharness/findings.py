@@ -17,12 +17,29 @@ from __future__ import annotations
 from collections import defaultdict
 
 
-def _worst(cells):
-    """(model, defense, threat, step) -> the cell with the lowest robust accuracy over attacks."""
+def measure(report: dict) -> tuple[str, str]:
+    """(label, metric key) the findings compare models by.
+
+    Robust accuracy, except for multi-label tasks: exact match of every tag is near zero for any
+    AudioSet model even when clean, so when the suite reports mAP (the ``tagging`` metric) the
+    findings use robust mAP instead.
+    """
+    if report["data"]["task"]["kind"] == "multilabel" and report["cells"] and all(
+            "robust_map" in c["metrics"] for c in report["cells"]):
+        return "robust mAP", "robust_map"
+    return "robust accuracy", "robust_accuracy"
+
+
+def _score(c, key):
+    return c["robust_accuracy"] if key == "robust_accuracy" else c["metrics"][key]
+
+
+def _worst(cells, key):
+    """(model, defense, threat, step) -> the cell with the lowest robust score over attacks."""
     out = {}
     for c in cells:
         k = (c["model"], c["defense"], c["threat"], c["step"])
-        if k not in out or c["robust_accuracy"] < out[k]["robust_accuracy"]:
+        if k not in out or _score(c, key) < _score(out[k], key):
             out[k] = c
     return out
 
@@ -37,7 +54,8 @@ def _attacked(c):
 
 def findings(report: dict) -> list[dict]:
     models = {(m["name"], m["defense"]): m for m in report["models"]}
-    worst = [c for c in _worst(report["cells"]).values() if _attacked(c)]
+    label, key = measure(report)
+    worst = [c for c in _worst(report["cells"], key).values() if _attacked(c)]
     out = []
 
     # 1. fused vs uni-modal, at matched attacker power
@@ -54,17 +72,17 @@ def findings(report: dict) -> list[dict]:
             m = um["modalities"][0]
             if _budget(u) == {m: fb[m]} if m in fb else False:
                 rows.append({"fused": f["model"], "uni": u["model"], "defense": f["defense"], "threat": f["threat"],
-                             "budget": f["canonical"], "fused_robust": f["robust_accuracy"],
-                             "uni_robust": u["robust_accuracy"]})
+                             "budget": f["canonical"], "fused_robust": _score(f, key),
+                             "uni_robust": _score(u, key), "measure": label})
     if rows:
         worse = [r for r in rows if r["fused_robust"] < r["uni_robust"]]
         joint = [r for r in rows if r["budget"].count("|")]
         joint_worse = [r for r in joint if r["fused_robust"] < r["uni_robust"]]
-        answer = (f"No. In {len(worse)} of {len(rows)} comparisons a fused model kept fewer samples robust than a "
+        answer = (f"No. In {len(worse)} of {len(rows)} comparisons a fused model had a lower {label} than a "
                   f"uni-modal model facing the same budget on the modality it reads"
                   if worse else
-                  f"Not refuted here: in all {len(rows)} comparisons every fused model was at least as robust as "
-                  f"each uni-modal model facing the same budget on its modality")
+                  f"Not refuted here: in all {len(rows)} comparisons every fused model's {label} was at least "
+                  f"each uni-modal model's facing the same budget on its modality")
         if joint:
             answer += f"; under joint threats, {len(joint_worse)} of {len(joint)}."
         else:
@@ -96,14 +114,14 @@ def findings(report: dict) -> list[dict]:
     # 3 and 4: fused models ranked; defenses compared
     mean = defaultdict(list)
     for c in worst:
-        mean[(c["model"], c["defense"])].append(c["robust_accuracy"])
+        mean[(c["model"], c["defense"])].append(_score(c, key))
     fused = sorted({k for k in mean if len(models[k]["modalities"]) > 1}, key=lambda k: -sum(mean[k]) / len(mean[k]))
     if len(fused) > 1:
         ranked = [{"model": k[0], "defense": k[1], "mean_robust": sum(mean[k]) / len(mean[k]), "cells": len(mean[k])}
                   for k in fused]
         head = ", ".join(f"{r['model']} ({r['defense']}) {100 * r['mean_robust']:.1f}%" for r in ranked)
         out.append({"question": "How to fuse modalities for robustness?",
-                    "answer": f"Mean robust accuracy over each fused model's attacked cells (worst attack per budget; "
+                    "answer": f"Mean {label} over each fused model's attacked cells (worst attack per budget; "
                               f"the models face the same threats only if the suite gives them the same ones): {head}.",
                     "rows": ranked})
     defenses = sorted({d for _, d in mean})
@@ -123,7 +141,7 @@ def findings(report: dict) -> list[dict]:
         wins = defaultdict(int)
         for r in best.values():
             wins[r["defense"]] += 1
-        answer = "Most robust defense per model (mean robust accuracy): " + ", ".join(
+        answer = f"Most robust defense per model (mean {label}): " + ", ".join(
             f"{d} for {n} model{'s' if n > 1 else ''}" for d, n in sorted(wins.items(), key=lambda x: -x[1])) + \
             ". Training cost (wall time, backward passes in samples) is in the table."
         out.append({"question": "Which defense protects, and at what cost?", "answer": answer, "rows": rows})
@@ -136,7 +154,8 @@ def render(items: list[dict]) -> list[str]:
         md += [f"**{f['question']}** {f['answer']}", ""]
         rows = f["rows"]
         if rows and "fused" in rows[0]:
-            md += ["| fused | uni-modal | defense | budget | fused robust | uni-modal robust |", "|---|---|---|---|---|---|"]
+            what = rows[0].get("measure", "robust accuracy")
+            md += [f"| fused | uni-modal | defense | budget | fused {what} | uni-modal {what} |", "|---|---|---|---|---|---|"]
             md += [f"| {r['fused']} | {r['uni']} | {r['defense']} | {r['budget']} | {100 * r['fused_robust']:.1f} | "
                    f"{100 * r['uni_robust']:.1f} |" for r in rows[:40]]
             md += [f"| … {len(rows) - 40} more in report.json | | | | | |"] if len(rows) > 40 else []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checks import probe_model
+from .checks import BUDGET_SLACK, probe_model
 from .contracts import AttackOutput, Evidence, FitContext, ModelEvidence
 from .errors import NumericalError, UserError
 from .model import AVModel, load_model, model_spec, save_model
@@ -417,7 +417,7 @@ def _verify(attack: str, threat, snapshot, clean, adv, model_modalities) -> None
         b = threat.budgets[m]
         delta = (adv[m] - x).flatten(1).double()
         size = delta.abs().amax(1) if b.norm == "linf" else delta.norm(dim=1)
-        slack = 1e-5 * max(b.eps, 1.0)
+        slack = BUDGET_SLACK * max(b.eps, 1.0)  # float32 rounding of x + delta
         if b.norm != "none" and (b.eps == 0 and not torch.equal(adv[m], x) or (size > b.eps + slack).any()):
             raise RuntimeError(f"attack {attack!r} exceeded its {b.norm} budget {b.eps:g} on {m!r} "
                                f"(max {float(size.max()):.6g}; a plugin bug)")
