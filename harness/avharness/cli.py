@@ -202,7 +202,8 @@ def cmd_model(args) -> int:
     from .plugins import get_registry
     from .seeding import derive_seed, seed_everything
     from .store import atomic_write_bytes, ensure_writable
-    from .suite import _Where, build_component, build_dataset, load_suite
+    from .plugins import unknown_message
+    from .suite import _Where, build_component, build_dataset, check_params, load_suite
 
     suite = load_suite(args.suite, args.overrides)
     registry = get_registry()
@@ -210,9 +211,15 @@ def cmd_model(args) -> int:
     out = ensure_writable(args.output)
     import io
 
+    w = _Where(suite.path)
+    for mspec in suite.models:  # every entry's plugin and parameters, before writing anything
+        if mspec.plugin not in registry.entries["model"]:
+            raise w.error(f"{mspec.where}.plugin", mspec.lines.get("plugin", mspec.lines[""]),
+                          unknown_message("model", mspec.plugin, registry.names("model")))
+        check_params(w, mspec, registry.get("model", mspec.plugin))
     for i, mspec in enumerate(suite.models):
         seed_everything(derive_seed(suite.seed, "init", mspec.name))
-        model = build_component(_Where(suite.path), mspec, registry, task=dataset.task, specs=dataset.specs)
+        model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
         path = out / f"{mspec.name}.pt"

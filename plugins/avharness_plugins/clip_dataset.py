@@ -151,7 +151,7 @@ class AudioFrontEnd:
         self.samples = int(round(self.clip_seconds * cl.SAMPLE_RATE))
         if self.mode == "waveform":
             self.low = -1.0
-            self.spec = InputSpec((self.samples,), (-1.0, 1.0), "waveform (16 kHz mono)",
+            self.spec = InputSpec((self.samples,), (-1.0, 1.0), "waveform",
                                   frontend={"pipeline": name, "stats": self.stats_dict})
         else:
             floor = feature_floor(self.pipeline)
