@@ -163,7 +163,7 @@ def test_waveform_spec_without_front_end_is_a_user_error():
 
 
 @pytest.mark.parametrize("name", ["crnn", "cnn_transformer", "resnet", "efficientnet", "ast", "video_transformer",
-                                  "av_late_fusion", "av_mid_fusion"])
+                                  "av_late_fusion", "av_mid_fusion", "av_early_fusion"])
 def test_pgd_runs_within_budget(name):
     model = _model(name, "multiclass" if name in ("resnet", "av_mid_fusion") else "multilabel")
     task = TASKS["multiclass" if name in ("resnet", "av_mid_fusion") else "multilabel"]

@@ -250,7 +250,8 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
     model.eval()
     save_model(model, model_spec(mspec.plugin, mspec.params, dataset.task, dataset.specs), folder)
     atomic_write_json(folder / "fit.json", fit)  # written last: marks the checkpoint complete
-    reporter.log(f"model {label}: trained in {fit['wall_s']:.1f}s")
+    reporter.log(f"model {label}: " + (f"trained in {fit['wall_s']:.1f}s" if getattr(defense, "trains", True)
+                                       else "evaluated as loaded"))
     return Trained(mspec, dspec, key, model, fit, False, folder)
 
 
