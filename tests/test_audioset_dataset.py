@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import toy
+
 import avharness
 from avharness import UserError
 from avharness_plugins import clips as cl
@@ -32,13 +34,7 @@ def multi_hot(mids, classes):
 
 
 def collect(ds, split="eval", batch_size=3, **kw):
-    ids, targets, inputs = [], [], {}
-    for b in ds.batches(split, batch_size, **kw):
-        ids += b.ids
-        targets.append(b.target)
-        for k, v in b.inputs.items():
-            inputs.setdefault(k, []).append(v)
-    return ids, torch.cat(targets), {k: torch.cat(v) for k, v in inputs.items()}
+    return toy.collect(ds, split, batch_size, **kw)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+import toy
+
 import avharness
 from avharness import UserError
 from avharness_plugins import clips as cl
@@ -23,13 +25,7 @@ def kinetics(**params):
 
 
 def collect(ds, split="test", batch_size=2, **kw):
-    ids, targets, inputs = [], [], {}
-    for b in ds.batches(split, batch_size, **kw):
-        ids += b.ids
-        targets.append(b.target)
-        for k, v in b.inputs.items():
-            inputs.setdefault(k, []).append(v)
-    return ids, torch.cat(targets), {k: torch.cat(v) for k, v in inputs.items()}
+    return toy.collect(ds, split, batch_size, **kw)
 
 
 @pytest.fixture

@@ -162,3 +162,14 @@ def sample_rng(batch: Batch, seed: int = 0, key: str = "attack") -> SampleRNG:
 def threat(data: ToyAVData, name: str = "t", **budgets) -> ThreatModel:
     """threat(data, audio=("linf", 0.1), video=("l2", 0.5)): bounds taken from the data's specs."""
     return ThreatModel(name, {m: Budget(norm, eps, data.specs[m].bounds) for m, (norm, eps) in budgets.items()})
+
+
+def collect(ds, split: str, batch_size: int, **kw):
+    """Every batch of a dataset split concatenated: (ids, targets, {modality: inputs})."""
+    ids, targets, inputs = [], [], {}
+    for b in ds.batches(split, batch_size, **kw):
+        ids += b.ids
+        targets.append(b.target)
+        for k, v in b.inputs.items():
+            inputs.setdefault(k, []).append(v)
+    return ids, torch.cat(targets), {k: torch.cat(v) for k, v in inputs.items()}
