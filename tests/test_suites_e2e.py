@@ -84,6 +84,7 @@ def test_audioset_suite_end_to_end(audioset_root, tmp_path, capsys):
             assert v["robust_map"] == v["clean_map"] and v["label_flip_rate"] == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Clean vs robust map" in md and "## Clean vs robust dprime" in md and "robust mAP" in md
+    assert "1 of 9 listed clips missing or unreadable" in md
     # PGD-2 (for speed) may leave loss_converged failing, rightly; every other check must pass
     assert not [c for c in report["checks"] if c["status"] == "fail" and c["name"] != "loss_converged"]
 

@@ -230,6 +230,8 @@ def render_markdown(r: dict) -> str:
         f"evaluated on split `{data['eval']['split']}`: {data['eval']['n_effective']} of {data['eval']['n_original']} samples",
         f"- avharness {env['avharness']}, Python {env['python']}, torch {env['torch']}, device {env['device']}",
         f"- finished {r['finished']}",
+        # a dataset's own one-line notes (e.g. clips it could not read), from its info()["notes"]
+        *[f"- data: {note}" for note in (data.get("info") or {}).get("notes", [])],
         *([f"- attack success rule: {', '.join(rules)} (see avharness.success)"]
           if (rules := sorted({c["success_rule"] for c in r["cells"] if c.get("success_rule")})) else []),
         "",

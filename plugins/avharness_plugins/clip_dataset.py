@@ -515,6 +515,11 @@ class ClipDataset:
                 "decode": "every clip was decoded once when the split was indexed",
             }[self.check],
             "splits": splits,
+            # one line per split with clips left out, for the head of report.md
+            "notes": [f"split {sp}: {d['missing']} of {d['listed']} listed clips missing or unreadable ("
+                      + ", ".join(f"{n} {k}" for k, n in d["missing_by_reason"].items())
+                      + f"; {'skipped' if self.missing_policy == 'skip' else 'an error'}; listed in report.json "
+                      f"under data.info.splits.{sp}.missing_items)" for sp, d in splits.items() if d["missing"]],
         }
 
     # ---------------------------------------------------------------- extras
