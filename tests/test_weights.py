@@ -106,3 +106,17 @@ def test_model_init_then_evaluate_as_loaded(example, tmp_path, capsys):
     code, _, _ = run_cli(["run", path, "-o", tmp_path / "out", "-q", *sets], capsys)
     again = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [m["reused"] for m in again["models"]] == [False, True]
+
+
+def test_data_stats_refuses_what_it_cannot_do(example, tmp_path, capsys):
+    path = write(tmp_path, EVAL_ONLY)
+    code, _, err = run_cli(["data", "stats", path, "-o", tmp_path / "s.json"], capsys)
+    assert code == 2 and "computes no feature statistics" in err
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_model_init_checks_parameters_before_writing(example, tmp_path, capsys):
+    path = write(tmp_path, EVAL_ONLY)
+    code, _, err = run_cli(["model", "init", path, "--set", "models.1.widht=3", "-o", tmp_path / "ckpt"], capsys)
+    assert code == 2 and "models[1].widht" in err and "unknown parameter" in err
+    assert not list((tmp_path / "ckpt").glob("*.pt")) if (tmp_path / "ckpt").exists() else True
