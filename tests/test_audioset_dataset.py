@@ -497,3 +497,32 @@ def test_contract_check(csv_layout):
     root, _ = csv_layout
     results = check_plugin("audioset", avharness.get_registry(), kind="dataset", params={"root": str(root)})
     assert results and all(ok for _, ok, _ in results), results
+
+
+def test_video_embeddings_are_cached_on_disk(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("AVHARNESS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "a"
+    sl.write_audioset_csv_layout(root, 2, mp4=True, seconds=2.0)
+    weights = tmp_path / "r18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    params = dict(root=str(root), video="decode", video_backbone="resnet18", video_weights=str(weights),
+                  video_seconds=2, clip_seconds=2.0)
+    first = collect(audioset(**params))[2]["video"]
+    files = sorted((tmp_path / "cache" / "video_embeddings").rglob("*.npy"))
+    assert len(files) == 2
+    ds = audioset(**params)
+    ds.video.embed = lambda frames: pytest.fail("a cached clip was embedded again")
+    assert torch.equal(collect(ds)[2]["video"], first)
+    # other weights are other embeddings: a new cache entry, never the stale one
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    assert not torch.equal(collect(audioset(**params))[2]["video"], first)
+    assert len(list((tmp_path / "cache" / "video_embeddings").rglob("*.npy"))) == 4
+    # off: nothing written, same numbers
+    off = tmp_path / "off"
+    monkeypatch.setenv("AVHARNESS_CACHE", str(off))
+    collect(audioset(**params, video_cache=False))
+    assert not off.exists()

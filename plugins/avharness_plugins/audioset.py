@@ -92,6 +92,7 @@ def build_audioset(
     video_seconds: int = 10,
     video_bounds: list | None = None,
     video_device: str = "cpu",
+    video_cache: bool = True,
     missing: str = "skip",
     check: str = "header",
 ):
@@ -165,7 +166,7 @@ def build_audioset(
         video=video, video_features=resolve(base, video_features or "video_features"),
         video_clips=resolve(base, video_clips or "video"), video_backbone=video_backbone,
         video_weights=str(resolve(base, video_weights)) if video_weights else None, video_seconds=video_seconds,
-        video_bounds=video_bounds, video_device=video_device, missing=missing, check=check,
+        video_bounds=video_bounds, video_device=video_device, video_cache=video_cache, missing=missing, check=check,
     )
 
 
@@ -213,7 +214,7 @@ class AudioSetClips(ClipDataset):
     def __init__(self, root: Path, layout: str, label_map: LabelMap, label_path: Path, files: dict[str, Path], *,
                  clips: Path, remap, unknown_labels: str, audio: str, stats, frontend_pipeline: str, clip_seconds,
                  video: str, video_features: Path, video_clips: Path, video_backbone: str, video_weights,
-                 video_seconds: int, video_bounds, video_device: str, missing: str, check: str):
+                 video_seconds: int, video_bounds, video_device: str, video_cache: bool, missing: str, check: str):
         self.layout = layout
         self.labels = label_map
         self.clips_folder = clips
@@ -235,7 +236,8 @@ class AudioSetClips(ClipDataset):
             if not video_clips.is_dir():
                 raise UserError(f"dataset {NAME!r}: video clip folder {video_clips} does not exist; put the video "
                                 "clips named by YTID (YTID.mp4, ...) there or set video_clips to their folder")
-            source = DecodedEmbedded(OWNER, video_seconds, video_backbone, video_weights, video_device, video_bounds)
+            source = DecodedEmbedded(OWNER, video_seconds, video_backbone, video_weights, video_device, video_bounds,
+                                     cache=video_cache)
         elif video_bounds is not None:
             raise UserError(f"dataset {NAME!r}: video_bounds given but video is 'none'; remove it or set video")
         self._setup(root=root, task=Task("multilabel", label_map.names), split_files=files, audio_fe=audio_fe,

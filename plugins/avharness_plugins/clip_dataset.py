@@ -30,6 +30,7 @@ new manifest (a recomputation, never a wrong reuse).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -42,12 +43,15 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from avharness import Batch, InputSpec, Task, UserError
+from avharness import Batch, InputSpec, Task, UserError, atomic_write_bytes
 
 from . import clips as cl
+from .datasets import default_cache_dir
 from .video_backbone import ARCHS, FrameEmbedder, check_arch, check_weights
 
 FORMAT_VERSION = 1
+#: bump when cached video embeddings (``$AVHARNESS_CACHE/video_embeddings``) change meaning
+CACHE_VERSION = 1
 AUDIO_MODES = ("logmel64", "fbank128", "waveform")
 MISSING_POLICIES = ("skip", "error")
 CHECKS = ("exists", "header", "decode")
@@ -298,10 +302,15 @@ class DecodedEmbedded(VideoSource):
     kind = "decode"
     needs_file = True
 
-    def __init__(self, owner: str, seconds: int, arch: str, weights, device: str, bounds):
+    def __init__(self, owner: str, seconds: int, arch: str, weights, device: str, bounds, cache: bool = True):
         check_arch(arch, owner)
         check_weights(weights, arch, owner)
         self.seconds = int(seconds)
+        # Embedding a clip's frames costs a ResNet pass per second of video, and every cell of a suite
+        # reads every clip again: embeddings are kept on disk, keyed by what determines them (the
+        # weights' bytes, the backbone, the clip file's path, size and mtime).
+        self.cache_dir = (default_cache_dir() / "video_embeddings") if cache else None
+        self._weights_sha: str | None = None
         device = choice(owner, "video_device", device, ("cpu", "cuda", "auto"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -325,13 +334,45 @@ class DecodedEmbedded(VideoSource):
     def load(self, path: Path) -> torch.Tensor:
         return self.embed([self.decode(path)])[0]
 
+    def cache_file(self, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        if self._weights_sha is None:
+            self._weights_sha = file_sha256(self.embedder.weights)
+        st = path.stat()
+        key = hashlib.sha256(json.dumps([CACHE_VERSION, self._weights_sha, self.embedder.arch, self.seconds,
+                                         str(path.resolve()), st.st_size, st.st_mtime_ns]).encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key[2:34]}.npy"
+
+    def cached(self, path: Path) -> torch.Tensor | None:
+        f = self.cache_file(path)
+        if f is None or not f.exists():
+            return None
+        try:
+            x = torch.from_numpy(np.load(f, allow_pickle=False))
+        except (OSError, ValueError):  # a damaged cache entry is recomputed, never trusted
+            return None
+        return x if tuple(x.shape) == tuple(self.spec.shape) else None
+
+    def store(self, path: Path, x: torch.Tensor) -> None:
+        f = self.cache_file(path)
+        if f is None:
+            return
+        buf = io.BytesIO()
+        np.save(buf, x.numpy(), allow_pickle=False)
+        try:
+            atomic_write_bytes(f, buf.getvalue())
+        except OSError:  # a read-only cache only costs speed
+            pass
+
     def identity(self) -> dict:
         return {"kind": self.kind, "seconds": self.seconds, **self.embedder.identity(), "bounds": list(self.bounds)}
 
     def describe(self) -> dict:
         return {"source": "frames decoded with PyAV at 1 fps (frame nearest each second's centre), embedded "
                           "by a frozen backbone", "shape": list(self.spec.shape), **self.embedder.describe(),
-                "bounds": self.spec.to_dict()["bounds"]}
+                "bounds": self.spec.to_dict()["bounds"],
+                "cache": str(self.cache_dir) if self.cache_dir else None}
 
 
 class DecodedFrames(VideoSource):
@@ -631,14 +672,18 @@ class ClipDataset:
         inputs = {"audio": self.audio_fe(self._waveforms(chunk))}
         if self.video.spec is not None:
             batched = isinstance(self.video, DecodedEmbedded)
-            vids = []
-            for s in chunk:
+            vids: list = [self.video.cached(s.video) if batched else None for s in chunk]
+            todo = [i for i, v in enumerate(vids) if v is None]
+            for i in todo:
+                s = chunk[i]
                 try:
-                    vids.append(self.video.decode(s.video) if batched else self.video.load(s.video))
+                    vids[i] = self.video.decode(s.video) if batched else self.video.load(s.video)
                 except cl.ClipError as exc:
                     raise self._decode_error(s, "video", s.video, exc) from None
-            if batched:
-                vids = self.video.embed(vids)
+            if batched and todo:  # one backbone pass over the clips not in the cache
+                for i, x in zip(todo, self.video.embed([vids[i] for i in todo])):
+                    vids[i] = x
+                    self.video.store(chunk[i].video, x)
             for s, x in zip(chunk, vids):
                 check_video_bounds(self.owner, s.id, x, self.video.bounds)
             inputs["video"] = torch.stack(vids)

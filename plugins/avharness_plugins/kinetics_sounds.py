@@ -137,12 +137,14 @@ def build_kinetics_sounds(
     video_weights: str | None = None,
     video_bounds: list | None = None,
     video_device: str = "cpu",
+    video_cache: bool = True,
     missing: str = "skip",
     check: str = "header",
 ):
     """The ``kinetics_sounds`` factory (keyword arguments = suite parameters; see the module docstring)."""
     return KineticsSounds(root, splits, classes, audio, stats, frontend_pipeline, clip_seconds, video, frames,
-                          image_size, video_backbone, video_weights, video_bounds, video_device, missing, check)
+                          image_size, video_backbone, video_weights, video_bounds, video_device, missing, check,
+                          video_cache)
 
 
 class KineticsSounds(ClipDataset):
@@ -150,7 +152,8 @@ class KineticsSounds(ClipDataset):
     layout = "csv (path,label)"
 
     def __init__(self, root, splits, classes, audio, stats, frontend_pipeline, clip_seconds, video, frames,
-                 image_size, video_backbone, video_weights, video_bounds, video_device, missing, check):
+                 image_size, video_backbone, video_weights, video_bounds, video_device, missing, check,
+                 video_cache=True):
         if root is None or (isinstance(root, str) and not root.strip()):
             raise UserError(f"dataset {NAME!r} needs data.root: a folder holding the split manifests (train.csv, "
                             "val.csv, test.csv: header path,label, one clip per row); pass it with "
@@ -190,7 +193,7 @@ class KineticsSounds(ClipDataset):
             positive(OWNER, "frames", frames, integer=True)
             source = DecodedEmbedded(OWNER, frames, video_backbone,
                                      str(resolve(base, video_weights)) if video_weights else None, video_device,
-                                     video_bounds)
+                                     video_bounds, cache=video_cache)
         elif video_bounds is not None:
             raise UserError(f"dataset {NAME!r}: video_bounds given but video is 'none'; remove it or set video")
         self._setup(root=base, task=Task("multiclass", names), split_files=files, audio_fe=audio_fe, video=source,
