@@ -107,6 +107,11 @@ def check_plugin(name: str, registry: Registry, kind: str | None = None, data: s
         return base(**kw, **params)
     if kind == "model":
         ds = registry.get("dataset", data)(**(data_params or {}))
+        try:
+            factory(task=ds.task, specs=ds.specs)
+        except UserError as exc:
+            raise UserError(f"{exc} (checked on dataset {data!r}; choose one whose inputs the model reads with "
+                            "--data NAME --data-param key=value)") from None
         return check_model(lambda: factory(task=ds.task, specs=ds.specs), ds.task, ds.specs)
     if kind == "attack":
         return check_attack(factory())
