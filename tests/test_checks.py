@@ -151,3 +151,22 @@ def test_quantized_model_fails_the_gradient_check_in_the_report(example, with_si
     assert checks[("zero_gradient_share", "fused/standard")]["status"] == "fail"
     assert checks[("zero_gradient_share", "fused/standard")]["value"] == 1.0
     assert checks[("zero_gradient_share", "audio/standard")]["status"] == "pass"
+
+
+def ml_cell(attack, step, broken, n=100):
+    """A multi-label cell: exact-match accuracy 0 throughout; ``broken`` share of samples flipped."""
+    c = cell(attack, step, 0.0, clean=0.0, n=n)
+    c["success_rule"] = "any_flip"
+    for i, s in enumerate(c["samples"]):
+        s["success"] = i < broken * n
+    return c
+
+
+def test_multilabel_checks_use_the_success_rule_not_exact_match():
+    healthy = [ml_cell("fgsm", 0, 0.0), ml_cell("fgsm", 1, 0.4), ml_cell("pgd", 0, 0.0), ml_cell("pgd", 1, 0.7)]
+    assert set(statuses(cell_checks(healthy, {"fgsm": False, "pgd": True})).values()) == {"pass"}
+    # exact match is 0 everywhere, so only the success rule can see these
+    weak = [ml_cell("fgsm", 0, 0.0), ml_cell("fgsm", 1, 0.6), ml_cell("fgsm", 2, 0.3),
+            ml_cell("pgd", 0, 0.1), ml_cell("pgd", 1, 0.2), ml_cell("pgd", 2, 0.9)]
+    s = statuses(cell_checks(weak, {"fgsm": False, "pgd": True}))
+    assert s["sweep_monotone"] == "fail" and s["iterative_beats_single_step"] == "fail" and s["eps_zero_noop"] == "fail"

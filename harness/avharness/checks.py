@@ -53,14 +53,34 @@ def model_checks(name: str, probe: dict) -> list[dict]:
     ]
 
 
+def _rule_based(c: dict) -> bool:
+    """Whether the cell's success comes from a multi-label rule rather than correct -> wrong."""
+    return c.get("success_rule") not in (None, "correct_to_wrong")
+
+
+def held(c: dict) -> float:
+    """The share of a cell's samples the attack did not break, as the checks compare it.
+
+    Multiclass: robust accuracy. Multi-label: 1 - attack success rate under the suite's success
+    rule (exact match of every tag, i.e. robust accuracy, is near zero for any AudioSet model even
+    when clean, which would make every check below pass vacuously).
+    """
+    if not _rule_based(c):
+        return c["robust_accuracy"]
+    attackable = [x["success"] for x in c["samples"] if x["success"] is not None]
+    return sum(not x for x in attackable) / len(attackable) if attackable else 1.0
+
+
 def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
                 gradient_free: dict[str, bool] | None = None) -> list[dict]:
     out = []
     gradient_free = gradient_free or {}
     # eps = 0 must change nothing; robust must imply clean-correct for every sample.
-    zero_bad = [c["id"] for c in cells if all(e == 0 for e in c["eps"].values()) and c["robust_accuracy"] != c["clean_accuracy"]]
+    zero_bad = [c["id"] for c in cells if all(e == 0 for e in c["eps"].values())
+                and (c["robust_accuracy"] != c["clean_accuracy"] or (_rule_based(c) and held(c) != 1.0))]
     out.append(check("eps_zero_noop", "pass" if not zero_bad else "fail", len(zero_bad), 0,
-                     "cells at eps = 0 whose robust accuracy differs from clean accuracy", ", ".join(zero_bad[:5])))
+                     "cells at eps = 0 whose robust accuracy differs from clean accuracy or where the attack "
+                     "succeeded on a sample", ", ".join(zero_bad[:5])))
     # The runner refuses any attack output outside its budget or range, so a finished report always
     # passes this; the value shows how much of the budget the attacks used (1.0 = all of it).
     # The slack is the runner's (float32 rounding of x + delta: an absolute 1e-5 for eps <= 1, so a
@@ -83,12 +103,12 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
     for key, by_step in series.items():
         steps = sorted(by_step)
         for s0, s1 in zip(steps, steps[1:]):
-            rise = by_step[s1]["robust_accuracy"] - by_step[s0]["robust_accuracy"]
+            rise = held(by_step[s1]) - held(by_step[s0])
             if rise > worst:
                 worst, where = rise, f"{'/'.join(key)} step {s0}->{s1}"
     n = max((c["n"] for c in cells), default=1)
     out.append(check("sweep_monotone", _status(worst, n), worst, 0.0,
-                     "largest rise of robust accuracy from one eps to a larger one in a sweep; a stronger "
+                     "largest rise of robust accuracy (multi-label: share of samples unbroken) from one eps to a larger one in a sweep; a stronger "
                      "budget should never help the model, so a rise means the attack did not converge", where))
 
     # An iterative attack should be at least as strong as a single-step one at the same budget.
@@ -97,12 +117,12 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
         groups[(c["model"], c["defense"], c["threat"], c["step"])].append(c)
     worst, where, compared = 0.0, "", 0
     for key, cs in groups.items():
-        single = [c["robust_accuracy"] for c in cs if iterative.get(c["attack"]) is False]
+        single = [held(c) for c in cs if iterative.get(c["attack"]) is False]
         multi = [c for c in cs if iterative.get(c["attack"]) is True]
         if single and multi:
             compared += 1
             for c in multi:
-                gap = c["robust_accuracy"] - min(single)
+                gap = held(c) - min(single)
                 if gap > worst:
                     worst, where = gap, f"{c['id']} vs single-step"
     if compared:
@@ -125,8 +145,8 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
     # A gradient-free attack beating the gradient attacks points at masked gradients (AutoAttack's flag).
     worst, where, compared = 0.0, "", 0
     for key, cs in groups.items():
-        free = [c["robust_accuracy"] for c in cs if gradient_free.get(c["attack"])]
-        grad = [c["robust_accuracy"] for c in cs if not gradient_free.get(c["attack"])]
+        free = [held(c) for c in cs if gradient_free.get(c["attack"])]
+        grad = [held(c) for c in cs if not gradient_free.get(c["attack"])]
         if free and grad:
             compared += 1
             gap = min(grad) - min(free)
