@@ -526,3 +526,13 @@ def test_video_embeddings_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("AVHARNESS_CACHE", str(off))
     collect(audioset(**params, video_cache=False))
     assert not off.exists()
+
+
+def test_decoding_threads_and_prefetch_change_nothing(csv_layout):
+    root, _ = csv_layout
+    one = collect(audioset(root=str(root), video="features", workers=1), batch_size=2)
+    many = collect(audioset(root=str(root), video="features", workers=4), batch_size=2)
+    assert one[0] == many[0] and torch.equal(one[1], many[1])
+    assert all(torch.equal(one[2][k], many[2][k]) for k in one[2])
+    with pytest.raises(UserError, match="workers"):
+        audioset(root=str(root), workers=0)

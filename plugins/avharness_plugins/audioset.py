@@ -51,7 +51,7 @@ from avharness import Batch, InputSpec, Task, UserError, hookimpl
 from .audioset_meta import LabelMap, find_clips, read_labels, read_manifest, read_segments
 from .clip_dataset import (
     FORMAT_VERSION, INF, AudioFrontEnd, Candidate, ClipDataset, DecodedEmbedded, NpyFeatures, VideoSource,
-    bounds_param, choice, positive, resolve, _count,
+    bounds_param, choice, default_workers, positive, resolve, _count,
 )
 from .clips import AUDIO_EXTS, CONTAINER_EXTS
 
@@ -93,6 +93,7 @@ def build_audioset(
     video_bounds: list | None = None,
     video_device: str = "cpu",
     video_cache: bool = True,
+    workers: int | None = None,
     missing: str = "skip",
     check: str = "header",
 ):
@@ -137,7 +138,7 @@ def build_audioset(
 
     if layout == "hdf5":
         unused(clips=clips, remap=remap, stats=stats, video_features=video_features, video_clips=video_clips,
-               video_weights=video_weights)
+               video_weights=video_weights, workers=workers)
         if audio not in (None, "features"):
             raise UserError(f"dataset {NAME!r}: the hdf5 layout stores audio features (feat_a) already; "
                             f"audio={audio!r} cannot apply; leave audio unset")
@@ -167,6 +168,7 @@ def build_audioset(
         video_clips=resolve(base, video_clips or "video"), video_backbone=video_backbone,
         video_weights=str(resolve(base, video_weights)) if video_weights else None, video_seconds=video_seconds,
         video_bounds=video_bounds, video_device=video_device, video_cache=video_cache, missing=missing, check=check,
+        workers=workers,
     )
 
 
@@ -214,7 +216,8 @@ class AudioSetClips(ClipDataset):
     def __init__(self, root: Path, layout: str, label_map: LabelMap, label_path: Path, files: dict[str, Path], *,
                  clips: Path, remap, unknown_labels: str, audio: str, stats, frontend_pipeline: str, clip_seconds,
                  video: str, video_features: Path, video_clips: Path, video_backbone: str, video_weights,
-                 video_seconds: int, video_bounds, video_device: str, video_cache: bool, missing: str, check: str):
+                 video_seconds: int, video_bounds, video_device: str, video_cache: bool, missing: str, check: str,
+                 workers: int | None = None):
         self.layout = layout
         self.labels = label_map
         self.clips_folder = clips
@@ -241,7 +244,7 @@ class AudioSetClips(ClipDataset):
         elif video_bounds is not None:
             raise UserError(f"dataset {NAME!r}: video_bounds given but video is 'none'; remove it or set video")
         self._setup(root=root, task=Task("multilabel", label_map.names), split_files=files, audio_fe=audio_fe,
-                    video=source, missing=missing, check=check, classes_file=label_path)
+                    video=source, missing=missing, check=check, classes_file=label_path, workers=default_workers(workers))
 
     def _targets(self, mids, where: str, skipped: Counter) -> tuple[int, ...]:
         out = []

@@ -36,6 +36,7 @@ import math
 import os
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -93,6 +94,11 @@ def bounds_param(owner: str, name: str, value, default: tuple[float, float]) -> 
     if math.isnan(out[0]) or math.isnan(out[1]) or not out[0] < out[1]:
         raise UserError(f"{owner}: {name} must satisfy low < high, got {value!r}")
     return out[0], out[1]
+
+
+def default_workers(workers: int | None) -> int:
+    """Decoding threads: as given, or one per core up to 8 (decoding is I/O and C code, not Python)."""
+    return min(8, os.cpu_count() or 1) if workers is None else workers
 
 
 def resolve(root: Path, path: str | os.PathLike) -> Path:
@@ -462,7 +468,7 @@ class ClipDataset:
         return f"dataset {self.name!r}"
 
     def _setup(self, *, root: Path, task: Task, split_files: dict[str, Path], audio_fe: AudioFrontEnd,
-               video: VideoSource, missing: str, check: str, classes_file: Path | None) -> None:
+               video: VideoSource, missing: str, check: str, classes_file: Path | None, workers: int = 1) -> None:
         self.root = root
         self.task = task
         self.split_files = split_files
@@ -477,10 +483,13 @@ class ClipDataset:
         self._index: dict[str, SplitIndex] = {}
         self._manifests: dict[str, str] = {}
         self._lock = threading.RLock()
+        self._pool = None
+        self.workers = positive(self.owner, "workers", workers, integer=True)
 
-    def __getstate__(self):  # picklable (e.g. for loader workers): the lock is recreated
+    def __getstate__(self):  # picklable (e.g. for loader workers): the lock and thread pool are recreated
         state = dict(self.__dict__)
         state.pop("_lock", None)
+        state.pop("_pool", None)
         return state
 
     def __setstate__(self, state):
@@ -502,9 +511,29 @@ class ClipDataset:
         # limit keeps the first n of the fixed order; shuffle only reorders those
         order = range(n) if shuffle is None else torch.randperm(n, generator=shuffle).tolist()
         order = list(order)
-        for start in range(0, n, batch_size):
-            chunk = [samples[i] for i in order[start:start + batch_size]]
-            yield self._batch(chunk)
+        chunks = [[samples[i] for i in order[start:start + batch_size]] for start in range(0, n, batch_size)]
+        if self.workers <= 1 or len(chunks) < 2:
+            for chunk in chunks:
+                yield self._batch(chunk)
+            return
+        # The next batch is decoded while the caller attacks this one: at most two batches are held,
+        # so memory stays flat in N, and on a GPU the attack no longer waits for the disk.
+        with ThreadPoolExecutor(1, thread_name_prefix="avharness-prefetch") as ahead:
+            pending = ahead.submit(self._batch, chunks[0])
+            for chunk in chunks[1:]:
+                batch = pending.result()
+                pending = ahead.submit(self._batch, chunk)
+                yield batch
+            yield pending.result()
+
+    def _map(self, fn, items: list) -> list:
+        """``[fn(x) for x in items]`` on ``workers`` threads, in order (decoders release the GIL)."""
+        if self.workers <= 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        with self._lock:
+            if getattr(self, "_pool", None) is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="avharness-decode")
+        return list(self._pool.map(fn, items))
 
     def manifest(self, split: str) -> str:
         idx = self.index(split)
@@ -660,13 +689,12 @@ class ClipDataset:
                          "or remove the file")
 
     def _waveforms(self, chunk: Sequence[Sample]) -> torch.Tensor:
-        out = []
-        for s in chunk:
+        def one(s: Sample) -> torch.Tensor:
             try:
-                out.append(cl.decode_audio(s.audio, self.audio_fe.clip_seconds))
+                return cl.decode_audio(s.audio, self.audio_fe.clip_seconds)
             except cl.ClipError as exc:
                 raise self._decode_error(s, "audio", s.audio, exc) from None
-        return torch.stack(out)
+        return torch.stack(self._map(one, list(chunk)))
 
     def _batch(self, chunk: Sequence[Sample]) -> Batch:
         inputs = {"audio": self.audio_fe(self._waveforms(chunk))}
@@ -674,12 +702,15 @@ class ClipDataset:
             batched = isinstance(self.video, DecodedEmbedded)
             vids: list = [self.video.cached(s.video) if batched else None for s in chunk]
             todo = [i for i, v in enumerate(vids) if v is None]
-            for i in todo:
+
+            def one(i: int) -> torch.Tensor:
                 s = chunk[i]
                 try:
-                    vids[i] = self.video.decode(s.video) if batched else self.video.load(s.video)
+                    return self.video.decode(s.video) if batched else self.video.load(s.video)
                 except cl.ClipError as exc:
                     raise self._decode_error(s, "video", s.video, exc) from None
+            for i, x in zip(todo, self._map(one, todo)):
+                vids[i] = x
             if batched and todo:  # one backbone pass over the clips not in the cache
                 for i, x in zip(todo, self.video.embed([vids[i] for i in todo])):
                     vids[i] = x

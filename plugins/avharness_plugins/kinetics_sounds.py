@@ -30,7 +30,8 @@ from pathlib import Path
 from avharness import Task, UserError, hookimpl
 
 from .clip_dataset import (
-    AudioFrontEnd, Candidate, ClipDataset, DecodedEmbedded, DecodedFrames, VideoSource, choice, positive, resolve,
+    AudioFrontEnd, Candidate, ClipDataset, DecodedEmbedded, DecodedFrames, VideoSource, choice, default_workers, positive,
+    resolve,
 )
 
 NAME = "kinetics_sounds"
@@ -138,13 +139,14 @@ def build_kinetics_sounds(
     video_bounds: list | None = None,
     video_device: str = "cpu",
     video_cache: bool = True,
+    workers: int | None = None,
     missing: str = "skip",
     check: str = "header",
 ):
     """The ``kinetics_sounds`` factory (keyword arguments = suite parameters; see the module docstring)."""
     return KineticsSounds(root, splits, classes, audio, stats, frontend_pipeline, clip_seconds, video, frames,
                           image_size, video_backbone, video_weights, video_bounds, video_device, missing, check,
-                          video_cache)
+                          video_cache, workers)
 
 
 class KineticsSounds(ClipDataset):
@@ -153,7 +155,7 @@ class KineticsSounds(ClipDataset):
 
     def __init__(self, root, splits, classes, audio, stats, frontend_pipeline, clip_seconds, video, frames,
                  image_size, video_backbone, video_weights, video_bounds, video_device, missing, check,
-                 video_cache=True):
+                 video_cache=True, workers=None):
         if root is None or (isinstance(root, str) and not root.strip()):
             raise UserError(f"dataset {NAME!r} needs data.root: a folder holding the split manifests (train.csv, "
                             "val.csv, test.csv: header path,label, one clip per row); pass it with "
@@ -197,7 +199,7 @@ class KineticsSounds(ClipDataset):
         elif video_bounds is not None:
             raise UserError(f"dataset {NAME!r}: video_bounds given but video is 'none'; remove it or set video")
         self._setup(root=base, task=Task("multiclass", names), split_files=files, audio_fe=audio_fe, video=source,
-                    missing=missing, check=check, classes_file=classes_file)
+                    missing=missing, check=check, classes_file=classes_file, workers=default_workers(workers))
 
     def _candidates(self, split: str):
         rows = read_clip_csv(self.split_files[split], self.task.classes, self.classes_source)
