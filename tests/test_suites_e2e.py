@@ -141,3 +141,28 @@ def test_kinetics_sounds_suite_end_to_end(tmp_path, capsys):
         assert c["metrics"]["robust_accuracy"] <= c["metrics"]["clean_accuracy"]
     # PGD-2 (for speed) may leave loss_converged failing, rightly; every other check must pass
     assert not [c for c in report["checks"] if c["status"] == "fail" and c["name"] != "loss_converged"]
+
+
+def test_real_audioset_clip_through_an_attack(shared_audioset, tmp_path, capsys):
+    """The real eval_segments.csv (20,371 segments) and the one real clip, Kaldi fbank, a CRNN, PGD."""
+    suite = tmp_path / "real.yaml"
+    suite.write_text(f"""\
+name: real
+data: {{plugin: audioset, root: "{shared_audioset}", audio: fbank128}}
+eval: {{split: eval, batch_size: 4, success: ap_drop}}
+models: [{{name: crnn, plugin: crnn, embed_dim: 256, checkpoint: null}}]
+defenses: [none]
+attacks: [{{plugin: pgd, steps: 3}}]
+threats: [{{name: audio, audio: {{norm: linf, eps: [0.0, 0.1]}}}}]
+metrics: [tagging, label_flips, attack_success_rate]
+""")
+    assert run_cli(["model", "init", suite, "-o", tmp_path / "ckpt"], capsys)[0] == 0
+    code, _, err = run_cli(["run", suite, "--set", f"models.0.checkpoint={tmp_path / 'ckpt' / 'crnn.pt'}",
+                            "-o", tmp_path / "out", "-q"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(report["data"]["task"]["classes"]) == 527 and report["data"]["eval"]["n_effective"] == 1
+    assert report["data"]["info"]["splits"]["eval"]["listed"] == 20371
+    sample = json.loads((tmp_path / "out" / "samples.jsonl").read_text().splitlines()[0])
+    hammer = report["data"]["task"]["classes"].index("Hammer")
+    assert sample["id"] == "--BfvyPmVMo" and hammer in sample["target"]
