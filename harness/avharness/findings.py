@@ -25,7 +25,7 @@ def measure(report: dict) -> tuple[str, str]:
     findings use robust mAP instead.
     """
     if report["data"]["task"]["kind"] == "multilabel" and report["cells"] and all(
-            "robust_map" in c["metrics"] for c in report["cells"]):
+            c["metrics"].get("robust_map") is not None for c in report["cells"]):  # NaN is stored as null
         return "robust mAP", "robust_map"
     return "robust accuracy", "robust_accuracy"
 
