@@ -197,26 +197,25 @@ def cmd_data(args) -> int:
 
 
 def cmd_model(args) -> int:
+    import io
+
     import torch
 
-    from .plugins import get_registry
+    from .plugins import get_registry, unknown_message
     from .seeding import derive_seed, seed_everything
     from .store import atomic_write_bytes, ensure_writable
-    from .plugins import unknown_message
     from .suite import _Where, build_component, build_dataset, check_params, load_suite
 
     suite = load_suite(args.suite, args.overrides)
     registry = get_registry()
     dataset = build_dataset(suite, registry)
-    out = ensure_writable(args.output)
-    import io
-
     w = _Where(suite.path)
     for mspec in suite.models:  # every entry's plugin and parameters, before writing anything
         if mspec.plugin not in registry.entries["model"]:
             raise w.error(f"{mspec.where}.plugin", mspec.lines.get("plugin", mspec.lines[""]),
                           unknown_message("model", mspec.plugin, registry.names("model")))
         check_params(w, mspec, registry.get("model", mspec.plugin))
+    out = ensure_writable(args.output)
     for i, mspec in enumerate(suite.models):
         seed_everything(derive_seed(suite.seed, "init", mspec.name))
         model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
