@@ -166,3 +166,44 @@ metrics: [tagging, label_flips, attack_success_rate]
     sample = json.loads((tmp_path / "out" / "samples.jsonl").read_text().splitlines()[0])
     hammer = report["data"]["task"]["classes"].index("Hammer")
     assert sample["id"] == "--BfvyPmVMo" and hammer in sample["target"]
+
+
+@pytest.mark.parametrize("layout", ["json", "hdf5"])
+def test_other_audioset_layouts_through_an_attack(layout, tmp_path, capsys):
+    """The AST json manifest (paths remapped) and the seed's HDF5 (precomputed features and video),
+    each evaluated by a fused model under a joint PGD attack."""
+    from pathlib import Path as P
+
+    from avharness_plugins.synthetic_layouts import write_audioset_hdf5, write_audioset_json_layout, write_class_labels
+
+    root = tmp_path / "a"
+    if layout == "json":
+        w = write_audioset_json_layout(root, 6, n_classes=4, seconds=2.0, video_features=True, feature_dim=32,
+                                       missing=1)
+        data = (f'{{plugin: audioset, root: "{root}", layout: json, clip_seconds: 2.0, video: features, '
+                f'remap: {json.dumps(w["remap"])}}}')
+    else:
+        root.mkdir()
+        write_audioset_hdf5(root / "data.h5", 6, n_frames=64, n_bins=32, video=True, video_shape=(10, 32),
+                            n_classes=4)
+        write_class_labels(P(root) / "class_labels_indices.csv", 4)
+        data = f'{{plugin: audioset, root: "{root}", layout: hdf5, video: features}}'
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"""\
+name: {layout}
+data: {data}
+eval: {{split: eval, batch_size: 4}}
+models: [{{name: late, plugin: av_late_fusion, embed_dim: 32, layers: 1, heads: 4, checkpoint: null}}]
+defenses: [none]
+attacks: [{{plugin: pgd, steps: 2}}]
+threats: [{{name: joint, audio: {{norm: linf, eps: [0.0, 0.1]}}, video: {{norm: linf, eps: [0.0, 0.1]}}}}]
+metrics: [tagging, label_flips]
+""")
+    assert run_cli(["model", "init", suite, "-o", tmp_path / "ckpt"], capsys)[0] == 0
+    code, _, err = run_cli(["run", suite, "--set", f"models.0.checkpoint={tmp_path / 'ckpt' / 'late.pt'}",
+                            "-o", tmp_path / "out", "-q"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [c["n"] for c in report["cells"]] == [6, 6]
+    assert report["cells"][0]["metrics"]["label_flip_rate"] == 0.0
+    assert report["cells"][1]["achieved"]["video"] <= 0.1 + 1e-5
