@@ -191,6 +191,31 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _sweep_tables(cells: list[dict], attacks: list[str], threats: list[str], clean, robust, fmt,
+                  prefix: str = "") -> list[str]:
+    """Per (attack, threat): one row per (model, defense), clean then robust at each sweep step.
+
+    ``clean(cell)`` / ``robust(cell)`` give a cell's values, ``fmt`` prints one; ``cells`` are those
+    that have them.
+    """
+    md = []
+    for a in attacks:
+        for t in threats:
+            tc = [c for c in cells if c["attack"] == a and c["threat"] == t]
+            if not tc:
+                continue
+            steps = sorted({c["step"] for c in tc})
+            labels = {c["step"]: _eps_label(c) for c in tc}
+            md += [f"### {prefix}{a} — threat {t}", ""]
+            rows = []
+            for m in dict.fromkeys((c["model"], c["defense"]) for c in tc):
+                mc = {c["step"]: c for c in tc if (c["model"], c["defense"]) == m}
+                rows.append([m[0], m[1], fmt(clean(next(iter(mc.values()))))]
+                            + [fmt(robust(mc[st])) if st in mc else "–" for st in steps])
+            md += _table(["model", "defense", "clean"] + [labels[st] for st in steps], rows) + [""]
+    return md
+
+
 def _paired_metric_tables(cells: list[dict], attacks: list[str], threats: list[str]) -> list[str]:
     """One sweep table per metric reported as a clean_X / robust_X pair (mAP, d′, ...), accuracy aside.
 
@@ -201,20 +226,9 @@ def _paired_metric_tables(cells: list[dict], attacks: list[str], threats: list[s
     md = []
     for x in [n for n in names if n != "accuracy"]:
         md += [f"## Clean vs robust {x}", ""]
-        for a in attacks:
-            for t in threats:
-                tc = [c for c in cells if c["attack"] == a and c["threat"] == t and f"robust_{x}" in c["metrics"]]
-                if not tc:
-                    continue
-                steps = sorted({c["step"] for c in tc})
-                labels = {c["step"]: _eps_label(c) for c in tc}
-                md += [f"### {x}: {a} — threat {t}", ""]
-                rows = []
-                for m in dict.fromkeys((c["model"], c["defense"]) for c in tc):
-                    mc = {c["step"]: c for c in tc if (c["model"], c["defense"]) == m}
-                    rows.append([m[0], m[1], _num(next(iter(mc.values()))["metrics"][f"clean_{x}"])]
-                                + [_num(mc[st]["metrics"][f"robust_{x}"]) if st in mc else "–" for st in steps])
-                md += _table(["model", "defense", "clean"] + [labels[st] for st in steps], rows) + [""]
+        md += _sweep_tables([c for c in cells if f"robust_{x}" in c["metrics"]], attacks, threats,
+                            lambda c: c["metrics"][f"clean_{x}"], lambda c: c["metrics"][f"robust_{x}"], _num,
+                            prefix=f"{x}: ")
     return md
 
 
@@ -266,21 +280,7 @@ def render_markdown(r: dict) -> str:
         rows.append(row)
     md += _table(["model", "defense", "reads", "clean"] + [f"{t}" for t in threats], rows) + [""]
 
-    for a in attacks:
-        for t in threats:
-            tc = [c for c in cells if c["attack"] == a and c["threat"] == t]
-            if not tc:
-                continue
-            steps = sorted({c["step"] for c in tc})
-            labels = {c["step"]: _eps_label(c) for c in tc}
-            md += [f"### {a} — threat {t}", ""]
-            rows = []
-            for m in dict.fromkeys((c["model"], c["defense"]) for c in tc):
-                mc = {c["step"]: c for c in tc if (c["model"], c["defense"]) == m}
-                rows.append([m[0], m[1], _pct(next(iter(mc.values()))["clean_accuracy"])]
-                            + [_pct(mc[st]["robust_accuracy"]) if st in mc else "–" for st in steps])
-            md += _table(["model", "defense", "clean"] + [labels[st] for st in steps], rows) + [""]
-
+    md += _sweep_tables(cells, attacks, threats, lambda c: c["clean_accuracy"], lambda c: c["robust_accuracy"], _pct)
     md += _paired_metric_tables(cells, attacks, threats)
 
     if r["metric_predicts_robustness"]:
