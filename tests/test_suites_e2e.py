@@ -172,8 +172,6 @@ metrics: [tagging, label_flips, attack_success_rate]
 def test_other_audioset_layouts_through_an_attack(layout, tmp_path, capsys):
     """The AST json manifest (paths remapped) and the seed's HDF5 (precomputed features and video),
     each evaluated by a fused model under a joint PGD attack."""
-    from pathlib import Path as P
-
     from avharness_plugins.synthetic_layouts import write_audioset_hdf5, write_audioset_json_layout, write_class_labels
 
     root = tmp_path / "a"
@@ -186,7 +184,7 @@ def test_other_audioset_layouts_through_an_attack(layout, tmp_path, capsys):
         root.mkdir()
         write_audioset_hdf5(root / "data.h5", 6, n_frames=64, n_bins=32, video=True, video_shape=(10, 32),
                             n_classes=4)
-        write_class_labels(P(root) / "class_labels_indices.csv", 4)
+        write_class_labels(root / "class_labels_indices.csv", 4)
         data = f'{{plugin: audioset, root: "{root}", layout: hdf5, video: features}}'
     suite = tmp_path / "s.yaml"
     suite.write_text(f"""\

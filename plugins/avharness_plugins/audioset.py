@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from avharness import Batch, InputSpec, Task, UserError, hookimpl
+from avharness.weights import file_sha256
 
 from .audioset_meta import LabelMap, find_clips, read_labels, read_manifest, read_segments
 from .clip_dataset import (
@@ -469,7 +470,7 @@ class AudioSetHDF5:
             st = path.stat()
             head = {"dataset": NAME, "format": FORMAT_VERSION, "layout": "hdf5", "split": split, "file": path.name,
                     "size": st.st_size, "mtime_ns": st.st_mtime_ns, "group": group,
-                    "datasets": self._shapes[split], "classes_sha256": _sha(self.label_path),
+                    "datasets": self._shapes[split], "classes_sha256": file_sha256(self.label_path),
                     "audio_bounds": list(self.audio_bounds), "video": self.video}
             h = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
             if "ids" in self._shapes[split]:
@@ -509,12 +510,6 @@ class AudioSetHDF5:
 
 def _row_id(split: str, i: int) -> str:
     return f"{split}/{i:06d}"
-
-
-def _sha(path: Path) -> str:
-    from .clip_dataset import file_sha256
-
-    return file_sha256(path)
 
 
 def _within(x: torch.Tensor, bounds, param: str, split: str, idx) -> None:

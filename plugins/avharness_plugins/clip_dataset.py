@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from avharness import Batch, InputSpec, Task, UserError, atomic_write_bytes
+from avharness.weights import file_sha256
 
 from . import clips as cl
 from .datasets import default_cache_dir
@@ -105,14 +106,6 @@ def resolve(root: Path, path: str | os.PathLike) -> Path:
     """A user path: absolute as given, relative to the dataset root otherwise."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else root / p
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------- audio
@@ -316,7 +309,6 @@ class DecodedEmbedded(VideoSource):
         # reads every clip again: embeddings are kept on disk, keyed by what determines them (the
         # weights' bytes, the backbone, the clip file's path, size and mtime).
         self.cache_dir = (default_cache_dir() / "video_embeddings") if cache else None
-        self._weights_sha: str | None = None
         device = choice(owner, "video_device", device, ("cpu", "cuda", "auto"))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -343,10 +335,8 @@ class DecodedEmbedded(VideoSource):
     def cache_file(self, path: Path) -> Path | None:
         if self.cache_dir is None:
             return None
-        if self._weights_sha is None:
-            self._weights_sha = file_sha256(self.embedder.weights)
         st = path.stat()
-        key = hashlib.sha256(json.dumps([CACHE_VERSION, self._weights_sha, self.embedder.arch, self.seconds,
+        key = hashlib.sha256(json.dumps([CACHE_VERSION, self.embedder.sha256(), self.embedder.arch, self.seconds,
                                          str(path.resolve()), st.st_size, st.st_mtime_ns]).encode()).hexdigest()
         return self.cache_dir / key[:2] / f"{key[2:34]}.npy"
 

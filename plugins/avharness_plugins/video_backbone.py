@@ -15,13 +15,13 @@ model is loaded on first use, kept in eval mode and run under ``torch.no_grad``.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
 import torch
 
 from avharness import UserError
+from avharness.weights import file_sha256
 
 #: output width of each supported architecture (known without building it, for the dataset spec)
 ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
@@ -125,11 +125,7 @@ class FrameEmbedder:
 
     def sha256(self) -> str:
         if self._sha256 is None:
-            h = hashlib.sha256()
-            with open(self.weights, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            self._sha256 = h.hexdigest()
+            self._sha256 = file_sha256(self.weights)
         return self._sha256
 
     def identity(self) -> dict:
