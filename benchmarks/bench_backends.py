@@ -41,7 +41,7 @@ def main() -> None:
         "foolbox": reg.get("attack", "foolbox.linf_pgd")(steps=args.steps, rel_stepsize=0.25),
     }
     times = {k: [] for k in attacks}
-    for name, attack in attacks.items():  # warm-up (imports, first-call allocations)
+    for attack in attacks.values():  # warm-up (imports, first-call allocations)
         attack.perturb(model, inputs, target, threat, data.task, rng)
     for _ in range(args.repeats):
         for name, attack in attacks.items():

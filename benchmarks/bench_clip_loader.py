@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import avharness
-from avharness_plugins.synthetic_layouts import write_audioset_csv_layout
+from avharness_plugins.testing.layouts import write_audioset_csv_layout
 
 
 def consumer_model() -> nn.Module:

@@ -5,7 +5,7 @@
 
 Latents are standard normal, labels uniform over the classes (seeded). Timed:
 
-- ``density``: avharness_plugins.latent_metrics.density, the full computation (purity and margin
+- ``density``: avharness_plugins.metrics.latent.density, the full computation (purity and margin
   ratio, per class and overall): float32 matrix-product candidates per row block, then exact
   direct distances for the candidates (bitwise independent of block size and sample order).
 - ``naive``: the same two quantities the plain way, in the same run: torch float32
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from avharness_plugins.latent_metrics import density
+from avharness_plugins.metrics.latent import density
 
 
 def naive_density(x: torch.Tensor, y: torch.Tensor, k: int, block: int):

@@ -18,11 +18,11 @@ import statistics
 import time
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from avharness import AVModel, Budget, SampleRNG, Task, ThreatModel
-from avharness_plugins.attacks import build_pgd
+from avharness_plugins.attacks.pgd import build_pgd
 
 SHAPES = {"audio": (1, 64, 100), "video": (8, 3, 32, 32)}
 BOUNDS = {"audio": (-4.0, 4.0), "video": (0.0, 1.0)}

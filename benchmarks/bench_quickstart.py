@@ -36,9 +36,15 @@ def main() -> None:
         warm, r2 = run(args.suite, out, cache)
     train = sum(m["fit"].get("wall_s", 0) for m in r1["models"])
     print(f"suite {args.suite}: {len(r1['cells'])} cells, {len(r1['models'])} trained models")
-    print(f"cold run : {cold:7.1f} s wall (target <= 300)   stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r1["stages"].items()))
+    print(
+        f"cold run : {cold:7.1f} s wall (target <= 300)   stages: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r1["stages"].items())
+    )
     print(f"           training {train:.1f} s in all")
-    print(f"warm run : {warm:7.1f} s wall (target <= 15)    stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r2["stages"].items()))
+    print(
+        f"warm run : {warm:7.1f} s wall (target <= 15)    stages: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r2["stages"].items())
+    )
     print(f"reused   : {sum(c['reused'] for c in r2['cells'])} of {len(r2['cells'])} cells")
     print(f"ratio warm/cold = {warm / cold:.4f}")
 

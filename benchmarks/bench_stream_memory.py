@@ -85,7 +85,7 @@ def main(argv=None):
         child(args.child, args.batch, args.negative_control)
         return 0
 
-    from avharness_plugins.synthetic_layouts import write_audioset_hdf5, write_class_labels
+    from avharness_plugins.testing.layouts import write_audioset_hdf5, write_class_labels
 
     base = Path(args.dir or tempfile.mkdtemp(prefix="avh-bench-mem-"))
     rows = []

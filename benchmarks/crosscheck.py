@@ -27,7 +27,7 @@ def main() -> int:
         rows[(c["model"], c["threat"], c["canonical"])][c["attack"]] = c["robust_accuracy"]
     worst = 0.0
     print(f"{'model':8} {'budget':34} {'native':>7} {'art':>7} {'foolbox':>7} {'gap':>6}")
-    for (model, threat, canon), acc in rows.items():
+    for (model, _threat, canon), acc in rows.items():
         gap = max(acc.values()) - min(acc.values())
         worst = max(worst, gap)
         print(f"{model:8} {canon:34} " + " ".join(f"{acc.get(a, float('nan')):7.3f}" for a in ("native", "art", "foolbox"))

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from avharness.cli import main
-from avharness_plugins.synthetic_layouts import write_audioset_csv_layout
+from avharness_plugins.testing.layouts import write_audioset_csv_layout
 
 SUITE = str(Path(__file__).resolve().parents[1] / "suites" / "audioset_pgd.yaml")
 MODELS = ["audio", "video", "early", "mid", "late"]

@@ -11,14 +11,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from toy import sample_rng, test_batch, threat, toy_data, trained
 
 from avharness import Attack, AttackOutput, UserError
-from avharness_plugins.art_attacks import (
-    MultiLabelBCE, build_art_apgd, build_art_cw, build_art_deepfool, build_art_pgd, build_art_square, register_attacks,
+from avharness_plugins.attacks.backends.art import (
+    MultiLabelBCE,
+    build_art_apgd,
+    build_art_cw,
+    build_art_deepfool,
+    build_art_pgd,
+    build_art_square,
+    register_attacks,
 )
-from avharness_plugins.attacks import build_pgd
-from avharness_plugins.packing import PackedAdapter, Packing, bounds, eps_vector, mask_vector
-from toy import sample_rng, test_batch, threat, toy_data, trained
+from avharness_plugins.attacks.backends.packing import PackedAdapter, Packing, bounds, eps_vector, mask_vector
+from avharness_plugins.attacks.pgd import build_pgd
 
 FUSED = ("audio", "video")
 ATTACKS = {

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
 
 from avharness import Attack, Evidence, NumericalError, SampleRNG, UserError
-from avharness_plugins.attacks import build_fgsm, build_pgd, register_attacks
-from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
+from avharness_plugins.attacks.pgd import build_fgsm, build_pgd, register_attacks
 
 FUSED = ("audio", "video")
 ATTACKS = {"fgsm": build_fgsm, "pgd": lambda: build_pgd(steps=5)}
@@ -72,7 +72,7 @@ def test_registered_through_entry_points():
 
     reg = load_registry()
     assert {"fgsm", "pgd"} <= set(reg.names("attack"))
-    assert reg.entry("attack", "pgd").module == "avharness_plugins.attacks"
+    assert reg.entry("attack", "pgd").module == "avharness_plugins.attacks.pgd"
 
 
 @pytest.mark.parametrize(

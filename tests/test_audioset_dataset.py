@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import toy
 
 import avharness
 from avharness import UserError
-from avharness_plugins import clips as cl
-from avharness_plugins import features
-from avharness_plugins import synthetic_layouts as sl
+from avharness_plugins.datasets import features
+from avharness_plugins.datasets.clips import decode as cl
+from avharness_plugins.testing import layouts as sl
 
 
 def audioset(**params):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avharness.errors import UserError
-from avharness_plugins.audioset_meta import (
+from avharness_plugins.datasets.audioset.meta import (
     Segment,
     find_clips,
     multi_hot,

@@ -15,8 +15,8 @@ import torch
 
 import avharness
 from avharness import Batch, Dataset, UserError
-from avharness_plugins import datasets as D
-from avharness_plugins.datasets import CLASSES, build_avdigits
+from avharness_plugins.datasets.avdigits import dataset as D
+from avharness_plugins.datasets.avdigits.dataset import CLASSES, build_avdigits
 
 N = 200
 
@@ -209,8 +209,8 @@ def test_default_difficulty_targets(tmp_path):
     """Quickstart-style training (standard: adam, lr 1e-3, 10 epochs, batch 64): each modality alone
     reaches 75-95 % clean test accuracy and the best fused model beats the best uni-modal one by 3+."""
     from avharness import FitContext
-    from avharness_plugins.defenses import split_accuracy, standard
-    from avharness_plugins.models import build_audio_cnn, build_early_fusion, build_late_fusion, build_video_cnn
+    from avharness_plugins.defenses.standard import split_accuracy, standard
+    from avharness_plugins.models.small import build_audio_cnn, build_early_fusion, build_late_fusion, build_video_cnn
 
     data = build_avdigits(seed=0, cache_dir=str(tmp_path))
     acc = {}
@@ -226,8 +226,7 @@ def test_default_difficulty_targets(tmp_path):
 
 
 def test_speech_is_reproducible_and_refuses_unknown_voices():
-    from avharness_plugins import speech
-
+    from avharness_plugins.datasets.avdigits import speech
     requests = [speech.Utterance("seven", "en-us+f3", 150, 50, 50, seed=7),
                 speech.Utterance("two", "en+whisper", 200, 30, 60, seed=8)]
     a, facts = speech.synthesize_many(requests)
@@ -241,8 +240,7 @@ def test_speech_is_reproducible_and_refuses_unknown_voices():
 def test_missing_espeak_is_a_clear_error(monkeypatch):
     import sys
 
-    from avharness_plugins import speech
-
+    from avharness_plugins.datasets.avdigits import speech
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # makes the import fail
     with pytest.raises(UserError, match="pip install espeakng-loader"):
         speech.synthesize("one")

@@ -99,9 +99,11 @@ def test_gradient_free_attack_beating_gradient_attacks_fails():
 
 def test_one_step_pgd_on_a_real_run_flags_too_few_steps(example, tmp_path):
     """A deliberately weak attack (1 step) makes the convergence check complain in a real report."""
-    from avharness.cli import main
-    from test_cli import GOOD, write
     import json
+
+    from test_cli import GOOD, write
+
+    from avharness.cli import main
 
     suite = GOOD.replace("  - {plugin: pgd, steps: 5}\n", "  - {plugin: pgd, steps: 1}\n")
     out = tmp_path / "out"
@@ -135,10 +137,12 @@ def register_models(register):
 
 def test_quantized_model_fails_the_gradient_check_in_the_report(example, with_site, tmp_path):
     """A deliberately broken model (rounding in front of it) makes zero_gradient_share fail."""
-    from avharness.cli import main
+    import json
+
     from conftest import make_dist
     from test_cli import GOOD, write
-    import json
+
+    from avharness.cli import main
 
     site = tmp_path / "site"
     site.mkdir()

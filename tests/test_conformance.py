@@ -15,7 +15,7 @@ PARAMS = {"ensemble": {"attacks": ["fgsm", {"plugin": "pgd", "steps": 3}]}}
 #: built-ins whose contract tests run in their own test files: the AudioSet zoo reads frame features
 #: that avdigits (raw frames) lacks (test_zoo.py), and the clip datasets need a data folder
 #: (test_audioset_dataset.py, test_kinetics_sounds.py)
-ELSEWHERE = ("avharness_plugins.zoo_", "avharness_plugins.audioset", "avharness_plugins.kinetics_sounds")
+ELSEWHERE = ("avharness_plugins.models.audioset.", "avharness_plugins.datasets.audioset.dataset", "avharness_plugins.datasets.kinetics_sounds")
 
 
 def builtins():

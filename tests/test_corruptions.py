@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
+from test_cli import GOOD, write
 
 from avharness import Budget, SampleRNG, ThreatModel, UserError
 from avharness.cli import main
-from avharness_plugins.corruptions import DropModality, GaussianNoise, Occlusion
-
-from test_cli import GOOD, write
+from avharness_plugins.attacks.corruptions import DropModality, GaussianNoise, Occlusion
 
 WIDE = (-1e6, 1e6)
 

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from toy import sample_rng, test_batch, threat, toy_data, trained
 
 from avharness import AttackOutput, UserError
-from avharness_plugins.attacks import build_fgsm, build_pgd
-from avharness_plugins.ensemble import build_ensemble
-
-from toy import sample_rng, test_batch, threat, toy_data, trained
+from avharness_plugins.attacks.ensemble import build_ensemble
+from avharness_plugins.attacks.pgd import build_fgsm, build_pgd
 
 
 def robust_flags(model, inputs, target, task):

@@ -11,7 +11,7 @@ import torch
 import torchaudio
 
 from avharness import UserError
-from avharness_plugins.features import (
+from avharness_plugins.datasets.features import (
     Fbank128,
     LogMel64,
     compute_stats,

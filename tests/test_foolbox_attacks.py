@@ -1,4 +1,4 @@
-"""Property tests for the foolbox backend (``avharness_plugins.foolbox_attacks``) on the toy models.
+"""Property tests for the foolbox backend (``avharness_plugins.attacks.backends.foolbox``) on the toy models.
 
 Mirrors tests/test_attacks.py: eps = 0 is a no-op, budgets and bounds hold after clipping,
 unattacked modalities are the caller's own tensors, inputs are not mutated, seeded runs repeat,
@@ -11,13 +11,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
 
 from avharness import Attack, AttackOutput, Evidence, UserError
-from avharness_plugins.attacks import build_pgd
-from avharness_plugins.foolbox_attacks import (
-    build_cw, build_deepfool, build_fgsm, build_l2_pgd, build_linf_pgd, register_attacks,
+from avharness_plugins.attacks.backends.foolbox import (
+    build_cw,
+    build_deepfool,
+    build_fgsm,
+    build_l2_pgd,
+    build_linf_pgd,
+    register_attacks,
 )
-from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
+from avharness_plugins.attacks.pgd import build_pgd
 
 FUSED = ("audio", "video")
 NAMES = ("foolbox.linf_pgd", "foolbox.l2_pgd", "foolbox.fgsm", "foolbox.deepfool", "foolbox.cw")
@@ -82,7 +87,7 @@ def test_registered_through_entry_points():
 
     reg = load_registry()
     assert set(NAMES) <= set(reg.names("attack"))
-    assert reg.entry("attack", "foolbox.linf_pgd").module == "avharness_plugins.foolbox_attacks"
+    assert reg.entry("attack", "foolbox.linf_pgd").module == "avharness_plugins.attacks.backends.foolbox"
 
 
 @pytest.mark.parametrize(

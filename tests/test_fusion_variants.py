@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from toy import SPECS
 
 from avharness import Task
 from avharness.conformance import check_model
-from avharness_plugins.models import ScoreFusion, build_mid_fusion, build_score_fusion
-
-from toy import SPECS
+from avharness_plugins.models.small import ScoreFusion, build_mid_fusion, build_score_fusion
 
 SPEC2 = {"audio": SPECS["audio"].__class__((20, 8), (-4.0, 4.0)), "video": SPECS["video"].__class__((3, 12, 12), (0.0, 1.0))}
 

@@ -9,15 +9,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 import toy
 
 import avharness
 from avharness import UserError
-from avharness_plugins import clips as cl
-from avharness_plugins import features
-from avharness_plugins import synthetic_layouts as sl
-from avharness_plugins.kinetics_sounds import bundled_classes_path, read_classes
+from avharness_plugins.datasets import features
+from avharness_plugins.datasets.clips import decode as cl
+from avharness_plugins.datasets.kinetics_sounds import bundled_classes_path, read_classes
+from avharness_plugins.testing import layouts as sl
 
 
 def kinetics(**params):
@@ -41,7 +40,7 @@ SMALL = dict(clip_seconds=2.0, frames=2, image_size=16)
 
 
 def test_bundled_class_list():
-    path = importlib.resources.files("avharness_plugins") / "data" / "kinetics_sounds_classes.txt"
+    path = importlib.resources.files("avharness_plugins.datasets") / "data" / "kinetics_sounds_classes.txt"
     assert path.is_file() and str(bundled_classes_path()) == str(path)
     names = read_classes(bundled_classes_path())
     assert len(names) == 34 and len(set(names)) == 34

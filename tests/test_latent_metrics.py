@@ -1,4 +1,4 @@
-"""Latent-space metrics on constructed latents with known answers (avharness_plugins.latent_metrics)."""
+"""Latent-space metrics on constructed latents with known answers (avharness_plugins.metrics.latent)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from avharness_plugins.latent_metrics import (
-    convexity, density, fit_linear_probe, predicts_robustness,
+from avharness_plugins.metrics.latent import (
+    convexity,
+    density,
+    fit_linear_probe,
+    predicts_robustness,
 )
 
 
@@ -157,7 +160,7 @@ def test_classes_with_fewer_than_two_samples_are_nan():
     assert conv["n_samples"][3] == 1 and conv["n_samples"][4] == 0
     assert conv["n_pairs"][3] == 0
     dens = density(x, y, "multiclass", k=5, num_classes=5)
-    for metric, values in dens["per_class"].items():
+    for _metric, values in dens["per_class"].items():
         assert math.isnan(values[3]) and math.isnan(values[4])
         assert values[0] == values[0]  # defined
     assert dens["overall"]["knn_purity"] == 1.0  # the singleton's sample is left out

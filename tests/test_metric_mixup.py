@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from toy import ToyModel, toy_data
 
 import avharness
 from avharness import FitContext, UserError
 from avharness.cli import main
-from avharness_plugins import robust_training
-from avharness_plugins.robust_training import MetricMixup, build_metric_mixup
-from toy import ToyModel, toy_data
+from avharness_plugins.defenses import robust_training
+from avharness_plugins.defenses.robust_training import MetricMixup, build_metric_mixup
 
 torch.set_num_threads(1)
 

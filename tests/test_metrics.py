@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avharness import Budget, Evidence, Metric, Task, ThreatModel
-from avharness_plugins.metrics import build_accuracy, build_attack_success_rate, build_perturbation, register_metrics
+from avharness_plugins.metrics.basic import build_accuracy, build_attack_success_rate, build_perturbation, register_metrics
 
 MC = Task("multiclass", ("a", "b", "c"))
 ML = Task("multilabel", ("x", "y"))

@@ -7,7 +7,7 @@ import torch
 
 import avharness
 from avharness import AVModel, InputSpec, Task, UserError, create_model, model_spec
-from avharness_plugins import models as M
+from avharness_plugins.models import small as M
 
 TASK = Task("multiclass", tuple(f"c{i}" for i in range(10)))
 SPECS = {  # the avdigits shapes

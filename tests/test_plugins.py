@@ -1,9 +1,8 @@
 import pytest
+from conftest import make_dist
 
 from avharness import UserError
 from avharness.plugins import get_registry, load_registry
-
-from conftest import make_dist
 
 
 def test_builtins_are_found_through_entry_points():

@@ -8,15 +8,21 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from toy import ToyModel, threat, toy_data
 
 import avharness
 from avharness import FitContext, NumericalError, SampleRNG, Task, UserError, generator
 from avharness.cli import main
-from avharness_plugins.attacks import build_pgd
-from avharness_plugins.defenses import standard
-from avharness_plugins.robust_training import (build_adversarial, build_mixup, draw_mix,
-                                               mix_inputs, mix_multilabel_targets, mixed_loss)
-from toy import ToyModel, threat, toy_data
+from avharness_plugins.attacks.pgd import build_pgd
+from avharness_plugins.defenses.robust_training import (
+    build_adversarial,
+    build_mixup,
+    draw_mix,
+    mix_inputs,
+    mix_multilabel_targets,
+    mixed_loss,
+)
+from avharness_plugins.defenses.standard import standard
 
 LINF = {"audio": {"norm": "linf", "eps": 0.1}}
 JOINT = {"audio": {"norm": "linf", "eps": 0.1}, "video": {"norm": "l2", "eps": 0.5}}
@@ -380,8 +386,8 @@ def test_adversarial_training_raises_robust_accuracy_on_avdigits(tmp_path):
     20 epochs each, same init and seed; PGD-20 with 2 restarts at eps 0.02. Measured (1 thread):
     standard clean 0.723 / robust 0.427, adversarial (PGD-3) clean 0.688 / robust 0.568: +14 points
     robust for -3.5 clean, at 2.9x the training time (4.3 s vs 12.4 s). About 25 s in all."""
-    from avharness_plugins.datasets import build_avdigits
-    from avharness_plugins.models import build_audio_cnn
+    from avharness_plugins.datasets.avdigits.dataset import build_avdigits
+    from avharness_plugins.models.small import build_audio_cnn
 
     data = build_avdigits(seed=0, cache_dir=str(tmp_path), n=1500)
     th = threat(data, audio=("linf", 0.02))

@@ -7,8 +7,8 @@ import torch
 
 import avharness
 from avharness import Batch, FitContext, InputSpec, NumericalError, Task, UserError
-from avharness_plugins.defenses import Standard, standard
-from avharness_plugins.models import build_audio_cnn, build_late_fusion
+from avharness_plugins.defenses.standard import Standard, standard
+from avharness_plugins.models.small import build_audio_cnn, build_late_fusion
 
 TASK = Task("multiclass", ("a", "b", "c"))
 SPECS = {"audio": InputSpec((12, 8), (-4.0, 4.0)), "video": InputSpec((2, 8, 8), (0.0, 1.0))}
@@ -23,7 +23,7 @@ class TinyData:
     def __init__(self, n=96, seed=0, poison=False):
         g = torch.Generator().manual_seed(seed)
         self.data = {}
-        for k, split in enumerate(("train", "val")):
+        for _k, split in enumerate(("train", "val")):
             m = n if split == "train" else n // 3
             y = torch.arange(m) % 3
             audio = torch.randn(m, 12, 8, generator=g) * 0.5

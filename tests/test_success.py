@@ -53,7 +53,7 @@ def test_multiclass_default_is_correct_to_wrong():
 
 
 def test_evidence_success_and_attack_success_rate():
-    from avharness_plugins.metrics import AttackSuccessRate
+    from avharness_plugins.metrics.basic import AttackSuccessRate
 
     target = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]])
     clean = torch.tensor([[3.0, -1, -2, -3], [-1.0, 2, -3, -4]])

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
-from avharness_plugins.synthetic_layouts import write_audioset_csv_layout, write_kinetics_sounds_layout
-
 from test_cli import run_cli
+
+from avharness_plugins.testing.layouts import write_audioset_csv_layout, write_kinetics_sounds_layout
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 AUDIOSET = SUITES / "audioset_pgd.yaml"
@@ -172,7 +171,7 @@ metrics: [tagging, label_flips, attack_success_rate]
 def test_other_audioset_layouts_through_an_attack(layout, tmp_path, capsys):
     """The AST json manifest (paths remapped) and the seed's HDF5 (precomputed features and video),
     each evaluated by a fused model under a joint PGD attack."""
-    from avharness_plugins.synthetic_layouts import write_audioset_hdf5, write_audioset_json_layout, write_class_labels
+    from avharness_plugins.testing.layouts import write_audioset_hdf5, write_audioset_json_layout, write_class_labels
 
     root = tmp_path / "a"
     if layout == "json":

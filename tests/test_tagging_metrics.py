@@ -15,9 +15,17 @@ from avharness import Budget, Evidence, Metric, Task, ThreatModel, UserError
 from avharness.conformance import check_plugin
 from avharness.plugins import get_registry
 from avharness.store import json_safe
-from avharness_plugins.tagging_metrics import (
-    AUC_CLIP, LabelFlips, MultiLabelOnly, Tagging, build_label_flips, build_tagging, dprime, gas_eval_per_class,
-    register_metrics, sklearn_per_class,
+from avharness_plugins.metrics.tagging import (
+    AUC_CLIP,
+    LabelFlips,
+    MultiLabelOnly,
+    Tagging,
+    build_label_flips,
+    build_tagging,
+    dprime,
+    gas_eval_per_class,
+    register_metrics,
+    sklearn_per_class,
 )
 
 THREAT = ThreatModel("t", {"audio": Budget("linf", 0.1, (-1.0, 1.0))})

@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from test_cli import GOOD, write
+from toy import sample_rng, test_batch, threat, toy_data, trained
 
 from avharness import UserError
 from avharness.cli import main
-from avharness_plugins.universal import Universal
-
-from test_cli import GOOD, write
-from toy import sample_rng, test_batch, threat, toy_data, trained
+from avharness_plugins.attacks.universal import Universal
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 3.0)])

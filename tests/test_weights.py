@@ -5,12 +5,11 @@ import json
 
 import pytest
 import torch
+from test_cli import run_cli, write
 from torch import nn
 
 from avharness import UserError
 from avharness.weights import load_weights
-
-from test_cli import run_cli, write
 
 EVAL_ONLY = """\
 name: eval-only

@@ -1,4 +1,4 @@
-"""The AudioSet model zoo (zoo_audio, zoo_video, zoo_fusion), its shared layers and checkpoint loading.
+"""The AudioSet model zoo (models/audioset: audio, video, fusion), its shared layers and checkpoint loading.
 
 Small shapes throughout (audio [64, 32], video [4, 16], tiny widths, small timm variants), so the
 whole file stays well under two minutes on two CPU cores.
@@ -15,8 +15,8 @@ import torch
 import avharness
 from avharness import Budget, InputSpec, SampleRNG, Task, ThreatModel, UserError, create_model, load_model, model_spec, save_model
 from avharness import weights as checkpoints
-from avharness_plugins.zoo_fusion import early_fusion_grid
-from avharness_plugins.zoo_layers import AttentionPool, TALNetConvStack, pooled_logits
+from avharness_plugins.models.audioset.fusion import early_fusion_grid
+from avharness_plugins.models.audioset.layers import AttentionPool, TALNetConvStack, pooled_logits
 
 B = 4
 AUDIO = InputSpec((64, 32), (-5.0, 5.0), "log-mel (normalised)")
@@ -66,7 +66,7 @@ def _target(task, b=B):
     return (torch.arange(b * task.num_classes).view(b, -1) % 3 == 0).float()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(name, kind="multilabel"):
     """Built once per (name, task kind); eval mode. Tests must not modify it."""
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ def test_every_zoo_model_is_registered():
     registry = avharness.get_registry()
     for name in PARAMS:
         entry = registry.entry("model", name)
-        assert entry.module.startswith("avharness_plugins.zoo_"), entry
+        assert entry.module.startswith("avharness_plugins.models.audioset."), entry
 
 
 @pytest.mark.parametrize("kind", ["multilabel", "multiclass"])

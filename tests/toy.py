@@ -134,12 +134,12 @@ def train(model: AVModel, data: ToyAVData, steps: int = 150, lr: float = 1e-2, s
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def toy_data(kind: str = "multiclass") -> ToyAVData:
     return ToyAVData(kind)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(modalities: tuple[str, ...] = ("audio", "video"), kind: str = "multiclass") -> AVModel:
     """A trained eval-mode ToyModel, built once per process (shared: do not modify it)."""
     data = toy_data(kind)

@@ -107,16 +107,24 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
             if rise > worst:
                 worst, where = rise, f"{'/'.join(key)} step {s0}->{s1}"
     n = max((c["n"] for c in cells), default=1)
-    out.append(check("sweep_monotone", _status(worst, n), worst, 0.0,
-                     "largest rise of robust accuracy (multi-label: share of samples unbroken) from one eps to a larger one in a sweep; a stronger "
-                     "budget should never help the model, so a rise means the attack did not converge", where))
+    out.append(
+        check(
+            "sweep_monotone",
+            _status(worst, n),
+            worst,
+            0.0,
+            "largest rise of robust accuracy (multi-label: share of samples unbroken) from one eps to a larger one "
+            "in a sweep; a stronger budget should never help the model, so a rise means the attack did not converge",
+            where,
+        )
+    )
 
     # An iterative attack should be at least as strong as a single-step one at the same budget.
     groups = defaultdict(list)
     for c in cells:
         groups[(c["model"], c["defense"], c["threat"], c["step"])].append(c)
     worst, where, compared = 0.0, "", 0
-    for key, cs in groups.items():
+    for cs in groups.values():
         single = [held(c) for c in cs if iterative.get(c["attack"]) is False]
         multi = [c for c in cs if iterative.get(c["attack"]) is True]
         if single and multi:
@@ -126,21 +134,42 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
                 if gap > worst:
                     worst, where = gap, f"{c['id']} vs single-step"
     if compared:
-        out.append(check("iterative_beats_single_step", _status(worst, n), worst, 0.0,
-                         "largest excess of an iterative attack's robust accuracy over a single-step attack's at "
-                         "the same budget; a positive value means too few steps or a bad step size", where))
+        out.append(
+            check(
+                "iterative_beats_single_step",
+                _status(worst, n),
+                worst,
+                0.0,
+                "largest excess of an iterative attack's robust accuracy over a single-step attack's at "
+                "the same budget; a positive value means too few steps or a bad step size",
+                where,
+            )
+        )
 
     # Too few steps: among samples an attack did not break, the loss was still rising at its last step.
     rising = sum(c.get("attack_stats", {}).get("unbroken_loss_rising_at_end", 0) for c in cells)
     unbroken = sum(c.get("attack_stats", {}).get("unbroken_at_end", 0) for c in cells)
     if unbroken:
         share = rising / unbroken
-        worst = max((c for c in cells if c.get("attack_stats", {}).get("unbroken_at_end")),
-                    key=lambda c: c["attack_stats"]["unbroken_loss_rising_at_end"] / c["attack_stats"]["unbroken_at_end"])
-        out.append(check("loss_converged", "pass" if share <= 0.1 else ("warn" if share <= 0.3 else "fail"), share, 0.1,
-                         "share of samples the attack did not break whose best loss still grew by more than 10% of "
-                         "its total gain in the last 20% of the steps (all of them for a 1-step attack); a high "
-                         "share means too few steps, so robust accuracy is overstated", worst["id"]))
+        worst = max(
+            (c for c in cells if c.get("attack_stats", {}).get("unbroken_at_end")),
+            key=lambda c: (
+                c["attack_stats"]["unbroken_loss_rising_at_end"]
+                / c["attack_stats"]["unbroken_at_end"]
+            ),
+        )
+        out.append(
+            check(
+                "loss_converged",
+                "pass" if share <= 0.1 else ("warn" if share <= 0.3 else "fail"),
+                share,
+                0.1,
+                "share of samples the attack did not break whose best loss still grew by more than 10% of "
+                "its total gain in the last 20% of the steps (all of them for a 1-step attack); a high "
+                "share means too few steps, so robust accuracy is overstated",
+                worst["id"],
+            )
+        )
 
     # A gradient-free attack beating the gradient attacks points at masked gradients (AutoAttack's flag).
     worst, where, compared = 0.0, "", 0
@@ -153,9 +182,17 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
             if gap > worst:
                 worst, where = gap, "/".join(map(str, key))
     if compared:
-        out.append(check("gradient_free_not_stronger", "pass" if worst <= 0.02 else "fail", worst, 0.02,
-                         "largest margin by which a gradient-free attack beats every gradient attack at the same "
-                         "budget; gradient attacks should win, so a margin suggests gradient masking", where))
+        out.append(
+            check(
+                "gradient_free_not_stronger",
+                "pass" if worst <= 0.02 else "fail",
+                worst,
+                0.02,
+                "largest margin by which a gradient-free attack beats every gradient attack at the same "
+                "budget; gradient attacks should win, so a margin suggests gradient masking",
+                where,
+            )
+        )
     return out
 
 

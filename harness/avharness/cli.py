@@ -151,7 +151,6 @@ def cmd_list(args) -> int:
 def cmd_plugin(args) -> int:
     from .conformance import check_plugin
     from .plugins import get_registry
-
     from .yamlload import parse_yaml
 
     def read(items, flag):

@@ -168,7 +168,9 @@ def check_model(build, task: Task, specs: dict[str, InputSpec]) -> list:
         g = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         finite = all(t is not None and torch.isfinite(t).all() for t in g)
         nonzero = all(t is not None and t.abs().sum() > 0 for t in g)
-        return finite and nonzero, "finite and non-zero for every modality read" if finite and nonzero else "missing, NaN or all-zero"
+        ok = finite and nonzero
+        return ok, "finite and non-zero for every modality read" if ok else "missing, NaN or all-zero"
+
     _run(results, "input gradients finite and non-zero", grads)
     return results
 
@@ -184,7 +186,11 @@ def check_attack(attack, task: Task | None = None) -> list:
 
     def perturb(threat, key="k"):
         snap = {m: v.clone() for m, v in x.items()}
-        run = attack.prepare(model, _Synthetic(task, specs, x, y), threat, task, "test") if hasattr(attack, "prepare") else attack
+        run = (
+            attack.prepare(model, _Synthetic(task, specs, x, y), threat, task, "test")
+            if hasattr(attack, "prepare")
+            else attack
+        )
         out = run.perturb(model, x, y, threat, task, SampleRNG(0, key, ids))
         out = out.inputs if isinstance(out, AttackOutput) else out
         if not all(torch.equal(x[m], snap[m]) for m in x):
@@ -195,10 +201,15 @@ def check_attack(attack, task: Task | None = None) -> list:
         t = ThreatModel("zero", {m: Budget("linf", 0.0, specs[m].bounds) for m in specs})
         out = perturb(t)
         return all(torch.equal(out[m], x[m]) for m in x), "eps = 0 leaves every input bit-identical"
+
     _run(results, "eps = 0 is a no-op", zero)
 
-    for norm, eps in (("linf", {"audio": 0.1, "video": 0.05}), ("l2", {"audio": 0.5, "video": 0.3})):
+    for norm, eps in (
+        ("linf", {"audio": 0.1, "video": 0.05}),
+        ("l2", {"audio": 0.5, "video": 0.3}),
+    ):
         for scope in (("audio",), ("video",), ("audio", "video")):
+
             def budget(norm=norm, eps=eps, scope=scope):
                 t = ThreatModel("t", {m: Budget(norm, eps[m], specs[m].bounds) for m in scope})
                 out = perturb(t)
@@ -211,21 +222,40 @@ def check_attack(attack, task: Task | None = None) -> list:
                     d = (out[m] - x[m]).flatten(1)
                     size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
                     lo, hi = specs[m].bounds
-                    if (size > eps[m] * (1 + 1e-5) + 1e-6).any() or out[m].min() < lo or out[m].max() > hi:
-                        return False, f"{m}: size {float(size.max()):.4g} > eps {eps[m]} or out of bounds"
+                    if (
+                        (size > eps[m] * (1 + 1e-5) + 1e-6).any()
+                        or out[m].min() < lo
+                        or out[m].max() > hi
+                    ):
+                        return (
+                            False,
+                            f"{m}: size {float(size.max()):.4g} > eps {eps[m]} or out of bounds",
+                        )
                     worst.append(f"{m} {float(size.max()):.3g}/{eps[m]}")
                 return True, ", ".join(worst)
-            _run(results, f"budget and range hold ({norm}, {'+'.join(scope)})", budget, refusal_ok=True)
+
+            _run(
+                results,
+                f"budget and range hold ({norm}, {'+'.join(scope)})",
+                budget,
+                refusal_ok=True,
+            )
 
     def seeded():
-        for norm, eps in (("linf", 0.1), ("l2", 0.5)):  # the first single-modality threat it accepts
+        for norm, eps in (
+            ("linf", 0.1),
+            ("l2", 0.5),
+        ):  # the first single-modality threat it accepts
             t = ThreatModel("t", {"audio": Budget(norm, eps, specs["audio"].bounds)})
             try:
                 a = perturb(t)
             except UserError:
                 continue
-            return torch.equal(a["audio"], perturb(t)["audio"]), f"same seed twice ({norm}), identical output"
+            return torch.equal(
+                a["audio"], perturb(t)["audio"]
+            ), f"same seed twice ({norm}), identical output"
         return False, "refused every single-modality threat"
+
     _run(results, "seeded reproducibility", seeded)
     return [(n, ok, d) for n, ok, d in results]
 
@@ -233,31 +263,65 @@ def check_attack(attack, task: Task | None = None) -> list:
 def check_metric(metric) -> list:
     results = []
     directions = getattr(metric, "higher_is_better", None)
-    _run(results, "declares higher_is_better", lambda: (isinstance(directions, dict) and bool(directions), repr(directions)))
+    _run(
+        results,
+        "declares higher_is_better",
+        lambda: (isinstance(directions, dict) and bool(directions), repr(directions)),
+    )
     if getattr(metric, "scope", "cell") == "model":
-        results.append(("scope", True, "model-scope metric: checked with a run (compute_model needs a trained model)"))
+        results.append(
+            (
+                "scope",
+                True,
+                "model-scope metric: checked with a run (compute_model needs a trained model)",
+            )
+        )
         return results
     g = generator(0, "metric")
-    perturbation = {"audio": {"linf": torch.full((N,), 0.1, dtype=torch.float64), "l2": torch.full((N,), 0.3, dtype=torch.float64),
-                              "signal_l2": torch.full((N,), 3.0, dtype=torch.float64)}}
+    perturbation = {
+        "audio": {
+            "linf": torch.full((N,), 0.1, dtype=torch.float64),
+            "l2": torch.full((N,), 0.3, dtype=torch.float64),
+            "signal_l2": torch.full((N,), 3.0, dtype=torch.float64),
+        }
+    }
     threat = ThreatModel("t", {"audio": Budget("linf", 0.1, (-1.0, 1.0))})
     accepted = []
     for kind in ("multiclass", "multilabel"):  # a metric may refuse one task kind with a UserError
         task = Task(kind, tuple("abcd"))
-        ev = Evidence(task, [str(i) for i in range(N)], _target(task), torch.randn(N, 4, generator=g),
-                      torch.randn(N, 4, generator=g), threat, perturbation)
+        ev = Evidence(
+            task,
+            [str(i) for i in range(N)],
+            _target(task),
+            torch.randn(N, 4, generator=g),
+            torch.randn(N, 4, generator=g),
+            threat,
+            perturbation,
+        )
 
-        def values(ev=ev):
+        def values(ev=ev, kind=kind):
             out = metric.compute(ev)
             missing = [k for k in out if k not in metric.higher_is_better]
             accepted.append(kind)
-            return isinstance(out, dict) and not missing, f"keys {sorted(out)}" + (f"; no direction for {missing}" if missing else "")
+            return isinstance(out, dict) and not missing, f"keys {sorted(out)}" + (
+                f"; no direction for {missing}" if missing else ""
+            )
+
         _run(results, f"every value has a direction ({kind})", values, refusal_ok=True)
-    results.append(("accepts a task kind", bool(accepted), ", ".join(accepted) or "refused every task kind"))
+    results.append(
+        ("accepts a task kind", bool(accepted), ", ".join(accepted) or "refused every task kind")
+    )
     return results
 
 
 def check_dataset(ds) -> list:
     results = []
-    _run(results, "task and specs", lambda: (isinstance(ds.task, Task) and all(isinstance(s, InputSpec) for s in ds.specs.values()), repr(ds.task.kind)))
+    _run(
+        results,
+        "task and specs",
+        lambda: (
+            isinstance(ds.task, Task) and all(isinstance(s, InputSpec) for s in ds.specs.values()),
+            repr(ds.task.kind),
+        ),
+    )
     return results

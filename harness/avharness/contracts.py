@@ -6,8 +6,9 @@ parameters in a suite (the suite loader checks names and simple types against th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -45,7 +46,7 @@ class Attack(Protocol):
         threat: ThreatModel,
         task: Task,
         rng: SampleRNG,
-    ) -> "dict[str, torch.Tensor] | AttackOutput":
+    ) -> dict[str, torch.Tensor] | AttackOutput:
         """Adversarial inputs for every modality (unattacked ones returned unchanged).
 
         Must keep each attacked modality inside its budget and bounds, must not modify ``inputs``,

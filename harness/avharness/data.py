@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -39,7 +40,7 @@ class InputSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
+    def from_dict(cls, d: dict) -> InputSpec:
         return cls(tuple(d["shape"]), (float(d["bounds"][0]), float(d["bounds"][1])), d.get("units", "feature"),
                    d.get("frontend"))
 
@@ -55,7 +56,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.target.shape[0])
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.target.to(device), self.ids)
 
 

@@ -133,7 +133,8 @@ def findings(report: dict) -> list[dict]:
                     fit = models[(name, d)]["fit"]
                     rows.append({"model": name, "defense": d, "mean_robust": sum(mean[(name, d)]) / len(mean[(name, d)]),
                                  "train_s": fit.get("wall_s"),
-                                 "backward_samples": (fit.get("backward_samples") or 0) + (fit.get("attack_backward_samples") or 0)})
+                                 "backward_samples": (fit.get("backward_samples") or 0)
+                                 + (fit.get("attack_backward_samples") or 0)})
         best = defaultdict(lambda: None)
         for r in rows:
             if best[r["model"]] is None or r["mean_robust"] > best[r["model"]]["mean_robust"]:
@@ -141,28 +142,58 @@ def findings(report: dict) -> list[dict]:
         wins = defaultdict(int)
         for r in best.values():
             wins[r["defense"]] += 1
-        answer = f"Most robust defense per model (mean {label}): " + ", ".join(
-            f"{d} for {n} model{'s' if n > 1 else ''}" for d, n in sorted(wins.items(), key=lambda x: -x[1])) + \
-            ". Training cost (wall time, backward passes in samples) is in the table."
-        out.append({"question": "Which defense protects, and at what cost?", "answer": answer, "rows": rows})
+        answer = (
+            f"Most robust defense per model (mean {label}): "
+            + ", ".join(
+                f"{d} for {n} model{'s' if n > 1 else ''}"
+                for d, n in sorted(wins.items(), key=lambda x: -x[1])
+            )
+            + ". Training cost (wall time, backward passes in samples) is in the table."
+        )
+        out.append(
+            {
+                "question": "Which defense protects, and at what cost?",
+                "answer": answer,
+                "rows": rows,
+            }
+        )
     return out
 
 
 def render(items: list[dict]) -> list[str]:
-    md = ["## Findings", "", "Each answer is computed from this run's cells (see `findings` in report.json).", ""]
+    md = [
+        "## Findings",
+        "",
+        "Each answer is computed from this run's cells (see `findings` in report.json).",
+        "",
+    ]
     for f in items:
         md += [f"**{f['question']}** {f['answer']}", ""]
         rows = f["rows"]
         if rows and "fused" in rows[0]:
             what = rows[0].get("measure", "robust accuracy")
-            md += [f"| fused | uni-modal | defense | budget | fused {what} | uni-modal {what} |", "|---|---|---|---|---|---|"]
-            md += [f"| {r['fused']} | {r['uni']} | {r['defense']} | {r['budget']} | {100 * r['fused_robust']:.1f} | "
-                   f"{100 * r['uni_robust']:.1f} |" for r in rows[:40]]
-            md += [f"| … {len(rows) - 40} more in report.json | | | | | |"] if len(rows) > 40 else []
+            md += [
+                f"| fused | uni-modal | defense | budget | fused {what} | uni-modal {what} |",
+                "|---|---|---|---|---|---|",
+            ]
+            md += [
+                f"| {r['fused']} | {r['uni']} | {r['defense']} | {r['budget']} | {100 * r['fused_robust']:.1f} | "
+                f"{100 * r['uni_robust']:.1f} |"
+                for r in rows[:40]
+            ]
+            md += (
+                [f"| … {len(rows) - 40} more in report.json | | | | | |"] if len(rows) > 40 else []
+            )
             md.append("")
         elif rows and "train_s" in rows[0]:
-            md += ["| model | defense | mean robust | training s | backward samples |", "|---|---|---|---|---|"]
-            md += [f"| {r['model']} | {r['defense']} | {100 * r['mean_robust']:.1f} | {r['train_s'] or 0:.1f} | "
-                   f"{r['backward_samples']:,} |" for r in rows]
+            md += [
+                "| model | defense | mean robust | training s | backward samples |",
+                "|---|---|---|---|---|",
+            ]
+            md += [
+                f"| {r['model']} | {r['defense']} | {100 * r['mean_robust']:.1f} | {r['train_s'] or 0:.1f} | "
+                f"{r['backward_samples']:,} |"
+                for r in rows
+            ]
             md.append("")
     return md

@@ -61,8 +61,9 @@ def create_model(spec: dict | str | Path) -> AVModel:
 
 def save_model(model: nn.Module, spec: dict, folder: str | Path) -> None:
     """Write ``model.pt`` (a plain state_dict) and ``model.json`` (its spec) atomically."""
-    from .store import atomic_write_bytes, atomic_write_json
     import io
+
+    from .store import atomic_write_bytes, atomic_write_json
 
     folder = Path(folder)
     buf = io.BytesIO()

@@ -130,8 +130,9 @@ def load_registry(blocked: tuple[str, ...] = (), extra_modules: tuple[str, ...] 
         for impl in caller.get_hookimpls():
             ep, dist, version = sources.get(impl.plugin_name, (impl.plugin_name, "?", "?"))
 
-            def register(name, factory, _kind=kind, _dist=dist, _ver=version, _mod=impl.plugin.__name__):
-                registry.add(Entry(_kind, name, factory, _dist, _ver, _mod))
+            def register(name, factory, _kind=kind, _dist=dist, _ver=version, _plugin=impl.plugin.__name__):
+                # the module that defines the factory says more than the hook module that registered it
+                registry.add(Entry(_kind, name, factory, _dist, _ver, getattr(factory, "__module__", _plugin)))
 
             try:
                 impl.function(register=register)

@@ -18,7 +18,8 @@ import torch
 
 from . import __version__
 from .checks import cell_checks, model_checks
-from .findings import findings, render as render_findings
+from .findings import findings
+from .findings import render as render_findings
 from .runner import RunResult
 from .store import atomic_write_json, atomic_write_text
 
@@ -227,7 +228,7 @@ def _paired_metric_tables(cells: list[dict], attacks: list[str], threats: list[s
     for x in [n for n in names if n != "accuracy"]:
         md += [f"## Clean vs robust {x}", ""]
         md += _sweep_tables([c for c in cells if f"robust_{x}" in c["metrics"]], attacks, threats,
-                            lambda c: c["metrics"][f"clean_{x}"], lambda c: c["metrics"][f"robust_{x}"], _num,
+                            lambda c, x=x: c["metrics"][f"clean_{x}"], lambda c, x=x: c["metrics"][f"robust_{x}"], _num,
                             prefix=f"{x}: ")
     return md
 
@@ -295,45 +296,91 @@ def render_markdown(r: dict) -> str:
                     mean = sum(vals) / len(vals) if vals else None
                     preds = [x for x in r["metric_predicts_robustness"]
                              if (x["model"], x["defense"], x["metric"], x["series"]) == (m["name"], m["defense"], metric, series)]
-                    cells_ = "; ".join(f"{x['attack']} {x['threat']}: {_num(x['spearman_rho'])} (p {_num(x['p_value'])})" for x in preds)
-                    rows.append([m["name"], m["defense"], metric, series, _num(mean), cells_ or "–"])
-        md += _table(["model", "defense", "metric", "series", "class mean", "ρ vs drop (p)"], rows) + [""]
+                    cells_ = "; ".join(f"{x['attack']} {x['threat']}: {_num(x['spearman_rho'])} (p {_num(x['p_value'])})"
+                                       for x in preds)
+                    rows.append(
+                        [m["name"], m["defense"], metric, series, _num(mean), cells_ or "–"]
+                    )
+        md += _table(
+            ["model", "defense", "metric", "series", "class mean", "ρ vs drop (p)"], rows
+        ) + [""]
 
     md += ["## Models", ""]
     rows = []
     for m in r["models"]:
         fit = m["fit"]
-        rows.append([m["name"], m["plugin"], m["defense"], f"{m['n_parameters']:,}",
-                     f"{fit.get('wall_s', 0):.1f}", "yes" if m["reused"] else "no"])
+        rows.append(
+            [
+                m["name"],
+                m["plugin"],
+                m["defense"],
+                f"{m['n_parameters']:,}",
+                f"{fit.get('wall_s', 0):.1f}",
+                "yes" if m["reused"] else "no",
+            ]
+        )
     md += _table(["model", "plugin", "defense", "parameters", "training s", "reused"], rows) + [""]
 
     metric_names = list(dict.fromkeys(k for c in cells for k in c["metrics"]))
     if cells:
         md += ["## All cells", ""]
-        rows = [[c["model"], c["defense"], c["attack"], c["threat"], _eps_label(c)]
-                + [_num(c["metrics"].get(k)) for k in metric_names]
-                + [f"{c['wall_s']:.2f}", "yes" if c["reused"] else "no"] for c in cells]
-        md += _table(["model", "defense", "attack", "threat", "budget"] + metric_names + ["s", "reused"], rows) + [""]
+        rows = [
+            [c["model"], c["defense"], c["attack"], c["threat"], _eps_label(c)]
+            + [_num(c["metrics"].get(k)) for k in metric_names]
+            + [f"{c['wall_s']:.2f}", "yes" if c["reused"] else "no"]
+            for c in cells
+        ]
+        md += _table(
+            ["model", "defense", "attack", "threat", "budget"] + metric_names + ["s", "reused"],
+            rows,
+        ) + [""]
 
     md += ["## Validity checks", ""]
     failed = [c for c in r["checks"] if c["status"] != "pass"]
-    md.append(f"{len(r['checks']) - len(failed)} of {len(r['checks'])} checks pass." + (" Not passing:" if failed else ""))
+    md.append(
+        f"{len(r['checks']) - len(failed)} of {len(r['checks'])} checks pass."
+        + (" Not passing:" if failed else "")
+    )
     md.append("")
     if failed:
-        md += _table(["check", "status", "subject", "value", "threshold", "meaning"],
-                     [[c["name"], c["status"].upper(), c["subject"], _num(c["value"]) if not isinstance(c["value"], bool) else str(c["value"]),
-                       str(c["threshold"]), c["doc"]] for c in failed]) + [""]
+        md += _table(
+            ["check", "status", "subject", "value", "threshold", "meaning"],
+            [
+                [
+                    c["name"],
+                    c["status"].upper(),
+                    c["subject"],
+                    _num(c["value"]) if not isinstance(c["value"], bool) else str(c["value"]),
+                    str(c["threshold"]),
+                    c["doc"],
+                ]
+                for c in failed
+            ],
+        ) + [""]
 
     staged = [c for c in cells if any(k.endswith("/robust_after") for k in c["attack_stats"])]
     if staged:
-        md += ["## Attack stages", "", "Robust accuracy after each stage of a cascade (each stage attacks only the "
-               "samples still robust), and the forward passes spent (samples).", ""]
+        md += [
+            "## Attack stages",
+            "",
+            "Robust accuracy after each stage of a cascade (each stage attacks only the "
+            "samples still robust), and the forward passes spent (samples).",
+            "",
+        ]
         rows = []
         for c in staged:
             st = c["attack_stats"]
             stages_ = [k[: -len("/robust_after")] for k in st if k.endswith("/robust_after")]
-            rows.append([c["id"], _eps_label(c), " → ".join(f"{s_}: {_pct(st[s_ + '/robust_after'] / c['n'])}" for s_ in stages_),
-                         f"{st.get('forward_samples', 0):.0f}"])
+            rows.append(
+                [
+                    c["id"],
+                    _eps_label(c),
+                    " → ".join(
+                        f"{s_}: {_pct(st[s_ + '/robust_after'] / c['n'])}" for s_ in stages_
+                    ),
+                    f"{st.get('forward_samples', 0):.0f}",
+                ]
+            )
         md += _table(["cell", "budget", "robust after each stage", "forward samples"], rows) + [""]
 
     if r["skipped"]:
@@ -343,7 +390,11 @@ def render_markdown(r: dict) -> str:
             k = (sk["model"], sk["threat"], sk["reason"])
             if k not in seen:
                 seen.add(k)
-                who = f"{sk['model']} × {sk['threat']}" if "model reads" in sk["reason"] else f"{sk['model']} × {sk['attack']} × {sk['threat']}"
+                who = (
+                    f"{sk['model']} × {sk['threat']}"
+                    if "model reads" in sk["reason"]
+                    else f"{sk['model']} × {sk['attack']} × {sk['threat']}"
+                )
                 md.append(f"- {who}: {sk['reason']}")
         md.append("")
 

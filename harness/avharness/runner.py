@@ -21,10 +21,10 @@ from .model import AVModel, load_model, model_spec, save_model
 from .plugins import Registry, get_registry
 from .progress import Reporter
 from .seeding import SampleRNG, derive_seed, seed_everything
-from .success import resolve_rule
-from .weights import checkpoint_path, file_sha256, load_weights
 from .store import Store, atomic_write_json, ensure_writable
+from .success import resolve_rule
 from .suite import PluginSpec, Suite, _Where, build_component, check_plugins, sha256_json
+from .weights import checkpoint_path, file_sha256, load_weights
 
 #: bump when the meaning of a stored cell or checkpoint changes, so old ones are not reused
 STORE_FORMAT = 3
@@ -108,7 +108,11 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
 
     with stages("data"):
         if suite.eval_split not in dataset.splits():
-            raise w.error("eval.split", 0, f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
+            raise w.error(
+                "eval.split",
+                0,
+                f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}",
+            )
         reporter.log(f"data: {suite.data.plugin} (building or loading its cache)")
         manifests = {s: dataset.manifest(s) for s in dataset.splits()}
         for split in dataset.splits():  # before any training: a malformed dataset is a clear error
@@ -138,12 +142,33 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
                 for tspec in suite.threats:
                     reason = _skip_reason(tr.model, attack, tspec)
                     if reason:
-                        result.skipped.append({"model": mspec.name, "defense": dspec.name, "attack": aspec.name,
-                                               "threat": tspec.name, "reason": reason})
+                        result.skipped.append(
+                            {
+                                "model": mspec.name,
+                                "defense": dspec.name,
+                                "attack": aspec.name,
+                                "threat": tspec.name,
+                                "reason": reason,
+                            }
+                        )
                         continue
                     for step in range(tspec.steps):
-                        cell = _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval_n, store,
-                                     stages, dev, reporter)
+                        cell = _cell(
+                            suite,
+                            dataset,
+                            tr,
+                            aspec,
+                            attack,
+                            tspec,
+                            step,
+                            metrics,
+                            eval_id,
+                            eval_n,
+                            store,
+                            stages,
+                            dev,
+                            reporter,
+                        )
                         cell.update(model=mspec.name, defense=dspec.name, attack=aspec.name, threat=tspec.name)
                         result.cells.append(cell)
     stages.times["total"] = time.perf_counter() - started
@@ -162,15 +187,24 @@ def _skip_reason(model, attack, tspec) -> str:
     return ""
 
 
-def _cell(suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval_n, store, stages, dev, reporter) -> dict:
+def _cell(
+    suite, dataset, tr, aspec, attack, tspec, step, metrics, eval_id, eval_n, store, stages, dev, reporter
+) -> dict:
     """One cell from the store, or computed and stored."""
     threat = tspec.at(step, dataset.specs)
-    key = sha256_json({
-        "format": STORE_FORMAT, "train": tr.key, "attack": aspec.identity(), "threat": threat.canonical(),
-        "eval": eval_id, "seed": suite.seed, "metrics": [m.identity() for m, _ in metrics],
-        # only when not the defaults, so cells stored before these options existed stay valid
-        **({"judge": judge} if (judge := _judge(suite)) else {}),
-    })[:20]
+    key = sha256_json(
+        {
+            "format": STORE_FORMAT,
+            "train": tr.key,
+            "attack": aspec.identity(),
+            "threat": threat.canonical(),
+            "eval": eval_id,
+            "seed": suite.seed,
+            "metrics": [m.identity() for m, _ in metrics],
+            # only when not the defaults, so cells stored before these options existed stay valid
+            **({"judge": judge} if (judge := _judge(suite)) else {}),
+        }
+    )[:20]
     cell = store.load_cell(key)
     if cell is not None:
         cell["reused"] = True
@@ -211,8 +245,14 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
     if mspec.load:  # a checkpoint enters by its bytes, not its path: moving the file reuses the store
         path = checkpoint_path(w, mspec)
         init = {"sha256": file_sha256(path), "key_map": mspec.load.get("key_map")}
-    identity = {"format": STORE_FORMAT, "model": model_id, **({"init": init} if init else {}),
-                "defense": dspec.identity(), "data": data_id, "seed": suite.seed}
+    identity = {
+        "format": STORE_FORMAT,
+        "model": model_id,
+        **({"init": init} if init else {}),
+        "defense": dspec.identity(),
+        "data": data_id,
+        "seed": suite.seed,
+    }
     key = sha256_json(identity)[:20]
     folder = store.model_dir(key)
     label = f"{mspec.name} ({dspec.name})"
@@ -237,7 +277,9 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
         try:
             loaded = load_weights(model, checkpoint_path(w, mspec), key_map=mspec.load.get("key_map"))
         except UserError as exc:
-            raise w.error(f"{mspec.where}.checkpoint", mspec.lines.get("checkpoint", mspec.lines[""]), str(exc)) from None
+            raise w.error(
+                f"{mspec.where}.checkpoint", mspec.lines.get("checkpoint", mspec.lines[""]), str(exc)
+            ) from None
         reporter.log(f"model {label}: weights from {loaded['path']} (sha256 {loaded['sha256'][:12]})")
     model.to(dev).train()
     ctx = FitContext(device=dev, seed=fit_seed, progress=reporter.task, log=reporter.log)
@@ -250,8 +292,10 @@ def _train_or_load(suite, w, registry, dataset, mspec, dspec, defense, data_id, 
     model.eval()
     save_model(model, model_spec(mspec.plugin, mspec.params, dataset.task, dataset.specs), folder)
     atomic_write_json(folder / "fit.json", fit)  # written last: marks the checkpoint complete
-    reporter.log(f"model {label}: " + (f"trained in {fit['wall_s']:.1f}s" if getattr(defense, "trains", True)
-                                       else "evaluated as loaded"))
+    reporter.log(
+        f"model {label}: "
+        + (f"trained in {fit['wall_s']:.1f}s" if getattr(defense, "trains", True) else "evaluated as loaded")
+    )
     return Trained(mspec, dspec, key, model, fit, False, folder)
 
 
@@ -262,8 +306,10 @@ def check_batch(batch, dataset, plugin: str) -> None:
         if x is None:
             raise UserError(f"dataset {plugin!r} declares modality {m!r} but its batch has only {sorted(batch.inputs)}")
         if tuple(x.shape[1:]) != tuple(spec.shape):
-            raise UserError(f"dataset {plugin!r} yielded {m!r} of shape {tuple(x.shape[1:])} per sample but its spec "
-                            f"says {tuple(spec.shape)}; fix the dataset plugin or its spec")
+            raise UserError(
+                f"dataset {plugin!r} yielded {m!r} of shape {tuple(x.shape[1:])} per sample but its spec "
+                f"says {tuple(spec.shape)}; fix the dataset plugin or its spec"
+            )
     if len(batch.ids) != len(batch):
         raise UserError(f"dataset {plugin!r} yielded {len(batch.ids)} sample ids for {len(batch)} samples")
 
@@ -286,8 +332,9 @@ def _model_metrics(suite, dataset, tr: Trained, model_metrics, eval_id, eval_n, 
 
     ev = ModelEvidence(task=dataset.task, model=tr.model, seed=suite.seed, eval_split=suite.eval_split, latents=latents)
     for mspec, metric in model_metrics:
-        key = sha256_json({"format": STORE_FORMAT, "train": tr.key, "metric": mspec.identity(), "eval": eval_id,
-                           "seed": suite.seed})[:20]
+        key = sha256_json(
+            {"format": STORE_FORMAT, "train": tr.key, "metric": mspec.identity(), "eval": eval_id, "seed": suite.seed}
+        )[:20]
         path = store.root / "model_metrics" / f"{key}.json"
         if path.exists():
             tr.metrics[mspec.name] = json.loads(path.read_text())
@@ -350,17 +397,25 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
         advance()
     adv_logits = _finite(torch.cat(adv_logits), f"adversarial logits of model {tr.spec.name!r} under {label}")
     ev = Evidence(
-        task=task, ids=ids, target=torch.cat(targets), clean_logits=tr.clean_logits, adv_logits=adv_logits,
-        threat=threat, perturbation={m: {k: torch.cat(v) for k, v in s.items()} for m, s in stats.items()},
-        success_rule=suite.success, success_margin=suite.success_margin,
+        task=task,
+        ids=ids,
+        target=torch.cat(targets),
+        clean_logits=tr.clean_logits,
+        adv_logits=adv_logits,
+        threat=threat,
+        perturbation={m: {k: torch.cat(v) for k, v in s.items()} for m, s in stats.items()},
+        success_rule=suite.success,
+        success_margin=suite.success_margin,
     )
     values, directions, details = {}, {}, {}
     for mspec, metric in metrics:
         out = metric.compute(ev)
         clash = sorted(set(out) & set(values))
         if clash:
-            raise UserError(f"metric {mspec.name!r} reports {', '.join(clash)}, which an earlier metric of the suite "
-                            "already reported; list each metric once (its parameters choose the variant)")
+            raise UserError(
+                f"metric {mspec.name!r} reports {', '.join(clash)}, which an earlier metric of the suite "
+                "already reported; list each metric once (its parameters choose the variant)"
+            )
         values.update({k: float(v) for k, v in out.items()})
         directions.update(metric.higher_is_better)
         if hasattr(metric, "details"):  # per-class breakdowns and the like, kept beside the values
@@ -389,8 +444,11 @@ def _attack_cell(suite, dataset, tr, aspec, attack, tspec, step, threat, metrics
         "n": len(ids),
         "success_rule": resolve_rule(task, suite.success),
         # the largest achieved perturbation per modality in its own norm (the budget check's evidence)
-        "achieved": {m: float(ev.perturbation[m]["linf" if b.norm == "linf" else "l2"].max()) if ids else 0.0
-                     for m, b in threat.budgets.items() if b.norm != "none"},
+        "achieved": {
+            m: float(ev.perturbation[m]["linf" if b.norm == "linf" else "l2"].max()) if ids else 0.0
+            for m, b in threat.budgets.items()
+            if b.norm != "none"
+        },
         "metrics": values,
         "higher_is_better": directions,
         **({"details": details} if details else {}),
@@ -413,15 +471,19 @@ def _verify(attack: str, threat, snapshot, clean, adv, model_modalities) -> None
             raise RuntimeError(f"attack {attack!r} returned no {m!r} input of shape {tuple(x.shape)} (a plugin bug)")
         if m not in threat.budgets:
             if not torch.equal(adv[m], x):
-                raise RuntimeError(f"attack {attack!r} changed modality {m!r}, which the threat does not allow (a plugin bug)")
+                raise RuntimeError(
+                    f"attack {attack!r} changed modality {m!r}, which the threat does not allow (a plugin bug)"
+                )
             continue
         b = threat.budgets[m]
         delta = (adv[m] - x).flatten(1).double()
         size = delta.abs().amax(1) if b.norm == "linf" else delta.norm(dim=1)
         slack = BUDGET_SLACK * max(b.eps, 1.0)  # float32 rounding of x + delta
         if b.norm != "none" and (b.eps == 0 and not torch.equal(adv[m], x) or (size > b.eps + slack).any()):
-            raise RuntimeError(f"attack {attack!r} exceeded its {b.norm} budget {b.eps:g} on {m!r} "
-                               f"(max {float(size.max()):.6g}; a plugin bug)")
+            raise RuntimeError(
+                f"attack {attack!r} exceeded its {b.norm} budget {b.eps:g} on {m!r} "
+                f"(max {float(size.max()):.6g}; a plugin bug)"
+            )
         if (adv[m] < b.bounds[0]).any() or (adv[m] > b.bounds[1]).any():
             raise RuntimeError(f"attack {attack!r} left the valid range {list(b.bounds)} of {m!r} (a plugin bug)")
         if not torch.isfinite(adv[m]).all():

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .success import MULTILABEL_RULES
-from .weights import checkpoint_path
 from .plugins import Registry, unknown_message
+from .success import MULTILABEL_RULES
 from .threat import NORMS, Budget, ThreatModel
+from .weights import checkpoint_path
 from .yamlload import LineDict, LineList, load_yaml, parse_yaml, plain
 
 SCHEMA = "avharness/suite@1"
@@ -200,7 +200,8 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         apply_overrides(raw, overrides)
     for key in raw:
         if key not in TOP_KEYS:
-            raise w.error(str(key), _line(raw, key), f"unknown key{_suggest(key, TOP_KEYS)}; allowed: {', '.join(sorted(TOP_KEYS))}")
+            allowed = ", ".join(sorted(TOP_KEYS))
+            raise w.error(str(key), _line(raw, key), f"unknown key{_suggest(key, TOP_KEYS)}; allowed: {allowed}")
 
     def get(key, t, default=..., required=False):
         if key not in raw or raw[key] is None and default is not ...:
@@ -214,14 +215,20 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
 
     schema = get("schema", str, SCHEMA)
     if schema != SCHEMA:
-        raise w.error("schema", _line(raw, "schema"), f"unsupported schema {schema!r}; this avharness reads {SCHEMA!r}")
+        raise w.error(
+            "schema",
+            _line(raw, "schema"),
+            f"unsupported schema {schema!r}; this avharness reads {SCHEMA!r}",
+        )
     name = get("name", str, required=True)
     version = get("version", int, 1)
     seed = get("seed", int, 0)
     get("description", str, "")
     device = get("device", str, "auto")
     if device not in DEVICES:
-        raise w.error("device", _line(raw, "device"), f"must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise w.error(
+            "device", _line(raw, "device"), f"must be one of {', '.join(DEVICES)}, got {device!r}"
+        )
 
     data_raw = get("data", dict, required=True)
     data = _plugin_spec(w, "dataset", data_raw, "data", _line(raw, "data"), named=False)
@@ -229,36 +236,62 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
     ev = get("eval", dict, LineDict())
     for key in ev:
         if key not in EVAL_KEYS:
-            raise w.error(f"eval.{key}", _line(ev, key), f"unknown key{_suggest(key, EVAL_KEYS)}; allowed: {', '.join(EVAL_KEYS)}")
+            raise w.error(
+                f"eval.{key}",
+                _line(ev, key),
+                f"unknown key{_suggest(key, EVAL_KEYS)}; allowed: {', '.join(EVAL_KEYS)}",
+            )
     for key, t in EVAL_KEYS.items():
         if key in ev and not _is(ev[key], t):
-            raise w.error(f"eval.{key}", _line(ev, key), f"expected {_typename(t)}, got {ev[key]!r}")
+            raise w.error(
+                f"eval.{key}", _line(ev, key), f"expected {_typename(t)}, got {ev[key]!r}"
+            )
     split = ev.get("split", "test")
     batch_size = ev.get("batch_size", 128)
     limit = ev.get("limit")
     if batch_size < 1:
         raise w.error("eval.batch_size", _line(ev, "batch_size"), "must be at least 1")
     if limit is not None and limit < 1:
-        raise w.error("eval.limit", _line(ev, "limit"), "must be at least 1 (or null for all samples)")
+        raise w.error(
+            "eval.limit", _line(ev, "limit"), "must be at least 1 (or null for all samples)"
+        )
     success = ev.get("success", "default")
     if success not in ("default",) + MULTILABEL_RULES:
-        raise w.error("eval.success", _line(ev, "success"),
-                      f"unknown success rule {success!r}; use default or (multi-label) {', '.join(MULTILABEL_RULES)}")
+        raise w.error(
+            "eval.success",
+            _line(ev, "success"),
+            f"unknown success rule {success!r}; use default or (multi-label) {', '.join(MULTILABEL_RULES)}",
+        )
     success_margin = float(ev.get("success_margin", 0.1))
     if not 0 <= success_margin < 1:
-        raise w.error("eval.success_margin", _line(ev, "success_margin"), f"must be in [0, 1) (an AP drop), got {success_margin}")
+        raise w.error(
+            "eval.success_margin",
+            _line(ev, "success_margin"),
+            f"must be in [0, 1) (an AP drop), got {success_margin}",
+        )
     threshold = ev.get("threshold")
     if threshold is not None and not 0 < threshold < 1:
-        raise w.error("eval.threshold", _line(ev, "threshold"),
-                      f"must be a probability in (0, 1) above which a label counts as present, got {threshold}")
+        raise w.error(
+            "eval.threshold",
+            _line(ev, "threshold"),
+            f"must be a probability in (0, 1) above which a label counts as present, got {threshold}",
+        )
 
     models = _plugin_list(w, "model", get("models", list, required=True), "models", named=True)
-    defenses = _plugin_list(w, "defense", get("defenses", list, None) or _default_list("standard"), "defenses")
+    defenses = _plugin_list(
+        w, "defense", get("defenses", list, None) or _default_list("standard"), "defenses"
+    )
     attacks = _plugin_list(w, "attack", get("attacks", list, None) or LineList(), "attacks")
     threats = _threats(w, get("threats", list, None) or LineList())
     if attacks and not threats:
-        raise w.error("threats", getattr(raw, "line", 1), "attacks are listed but no threats: add at least one threat")
-    metrics = _plugin_list(w, "metric", get("metrics", list, None) or _default_list("accuracy"), "metrics")
+        raise w.error(
+            "threats",
+            getattr(raw, "line", 1),
+            "attacks are listed but no threats: add at least one threat",
+        )
+    metrics = _plugin_list(
+        w, "metric", get("metrics", list, None) or _default_list("accuracy"), "metrics"
+    )
     _unique(w, models, "models")
     _unique(w, defenses, "defenses")
     _unique(w, attacks, "attacks")
@@ -266,22 +299,67 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
     names = [t.name for t in threats]
     for i, t in enumerate(threats):
         if names.index(t.name) != i:
-            raise w.error(f"{t.where}.name", t.lines.get("name", 0), f"threat name {t.name!r} is used twice; names must be unique")
+            raise w.error(
+                f"{t.where}.name",
+                t.lines.get("name", 0),
+                f"threat name {t.name!r} is used twice; names must be unique",
+            )
 
     resolved = {
-        "schema": SCHEMA, "name": name, "version": version, "seed": seed, "device": device,
+        "schema": SCHEMA,
+        "name": name,
+        "version": version,
+        "seed": seed,
+        "device": device,
         "data": data.identity(),
-        "eval": {"split": split, "batch_size": batch_size, "limit": limit, "success": success,
-                 "success_margin": success_margin, "threshold": threshold},
+        "eval": {
+            "split": split,
+            "batch_size": batch_size,
+            "limit": limit,
+            "success": success,
+            "success_margin": success_margin,
+            "threshold": threshold,
+        },
         "models": [{"name": m.name, **m.identity()} for m in models],
         "defenses": [{"name": d.name, **d.identity()} for d in defenses],
         "attacks": [{"name": a.name, **a.identity()} for a in attacks],
-        "threats": [{"name": t.name, **{m: ({"norm": "none"} if t.norms[m] == "none" else {"norm": t.norms[m], "eps": t.eps[m]})
-                                        for m in t.modalities}} for t in threats],
+        "threats": [
+            {
+                "name": t.name,
+                **{
+                    m: (
+                        {"norm": "none"}
+                        if t.norms[m] == "none"
+                        else {"norm": t.norms[m], "eps": t.eps[m]}
+                    )
+                    for m in t.modalities
+                },
+            }
+            for t in threats
+        ],
         "metrics": [{"name": m.name, **m.identity()} for m in metrics],
     }
-    return Suite(path, name, version, seed, device, data, split, batch_size, limit, models, defenses, attacks,
-                 threats, metrics, resolved, raw, success, success_margin, threshold)
+    return Suite(
+        path,
+        name,
+        version,
+        seed,
+        device,
+        data,
+        split,
+        batch_size,
+        limit,
+        models,
+        defenses,
+        attacks,
+        threats,
+        metrics,
+        resolved,
+        raw,
+        success,
+        success_margin,
+        threshold,
+    )
 
 
 def _default_list(plugin: str) -> LineList:
@@ -304,15 +382,27 @@ def _plugin_spec(w: _Where, kind: str, item, where: str, line, named: bool) -> P
     if not isinstance(item, dict):
         raise w.error(where, line, f"expected a mapping with a 'plugin' key, got {item!r}")
     if "plugin" not in item:
-        raise w.error(where, getattr(item, "line", line) or line, f"missing required key 'plugin' (which {kind} plugin to use; see `avharness list {kind}`)")
+        raise w.error(
+            where,
+            getattr(item, "line", line) or line,
+            f"missing required key 'plugin' (which {kind} plugin to use; see `avharness list {kind}`)",
+        )
     plugin = item["plugin"]
     if not isinstance(plugin, str):
-        raise w.error(f"{where}.plugin", _line(item, "plugin"), f"expected a string, got {plugin!r}")
+        raise w.error(
+            f"{where}.plugin", _line(item, "plugin"), f"expected a string, got {plugin!r}"
+        )
     name = item.get("name", plugin)
     if named and "name" not in item:
-        raise w.error(where, getattr(item, "line", line) or line, "missing required key 'name' (a short label for this entry, used in the report)")
+        raise w.error(
+            where,
+            getattr(item, "line", line) or line,
+            "missing required key 'name' (a short label for this entry, used in the report)",
+        )
     if not isinstance(name, str) or not name:
-        raise w.error(f"{where}.name", _line(item, "name"), f"expected a non-empty string, got {name!r}")
+        raise w.error(
+            f"{where}.name", _line(item, "name"), f"expected a non-empty string, got {name!r}"
+        )
     params = {k: plain(v) for k, v in item.items() if k not in ("plugin", "name")}
     lines = dict(getattr(item, "key_lines", {}))
     lines.setdefault("", getattr(item, "line", line) or line)
@@ -323,28 +413,45 @@ def _plugin_spec(w: _Where, kind: str, item, where: str, line, named: bool) -> P
             if value is None:
                 continue
             if not _is(value, t):
-                raise w.error(f"{where}.{key}", lines.get(key, line), f"expected {_typename(t)}, got {value!r}")
+                raise w.error(
+                    f"{where}.{key}",
+                    lines.get(key, line),
+                    f"expected {_typename(t)}, got {value!r}",
+                )
             load[key] = value
         if "key_map" in load and "checkpoint" not in load:
-            raise w.error(f"{where}.key_map", lines.get("key_map", line), "key_map renames a checkpoint's keys; "
-                          "give the checkpoint too (models[i].checkpoint: path to a state dict)")
+            raise w.error(
+                f"{where}.key_map",
+                lines.get("key_map", line),
+                "key_map renames a checkpoint's keys; "
+                "give the checkpoint too (models[i].checkpoint: path to a state dict)",
+            )
         for old, new in load.get("key_map", {}).items():
             if not isinstance(old, str) or not (new is None or isinstance(new, str)):
-                raise w.error(f"{where}.key_map", lines.get("key_map", line),
-                              f"maps key prefixes to prefixes (or null to drop them), got {old!r}: {new!r}")
+                raise w.error(
+                    f"{where}.key_map",
+                    lines.get("key_map", line),
+                    f"maps key prefixes to prefixes (or null to drop them), got {old!r}: {new!r}",
+                )
     return PluginSpec(kind, name, plugin, params, where, lines, load)
 
 
 def _plugin_list(w: _Where, kind: str, items, key: str, named: bool = False) -> list[PluginSpec]:
-    return [_plugin_spec(w, kind, item, f"{key}[{i}]", _line(items, i), named) for i, item in enumerate(items)]
+    return [
+        _plugin_spec(w, kind, item, f"{key}[{i}]", _line(items, i), named)
+        for i, item in enumerate(items)
+    ]
 
 
 def _unique(w: _Where, specs: list[PluginSpec], key: str) -> None:
     seen = {}
     for s in specs:
         if s.name in seen:
-            raise w.error(f"{s.where}.name", s.lines.get("name", s.lines[""]),
-                          f"name {s.name!r} is already used by {seen[s.name]}; give each entry a distinct 'name'")
+            raise w.error(
+                f"{s.where}.name",
+                s.lines.get("name", s.lines[""]),
+                f"name {s.name!r} is already used by {seen[s.name]}; give each entry a distinct 'name'",
+            )
         seen[s.name] = s.where
 
 
@@ -354,9 +461,15 @@ def _threats(w: _Where, items) -> list[ThreatSpec]:
         where = f"threats[{i}]"
         line = _line(items, i)
         if not isinstance(item, dict):
-            raise w.error(where, line, f"expected a mapping like {{name: audio-linf, audio: {{norm: linf, eps: [0, 0.1]}}}}, got {item!r}")
+            raise w.error(
+                where,
+                line,
+                f"expected a mapping like {{name: audio-linf, audio: {{norm: linf, eps: [0, 0.1]}}}}, got {item!r}",
+            )
         if "name" not in item or not isinstance(item["name"], str):
-            raise w.error(where, getattr(item, "line", line), "missing required key 'name' (a string)")
+            raise w.error(
+                where, getattr(item, "line", line), "missing required key 'name' (a string)"
+            )
         norms, eps = {}, {}
         for modality, budget in item.items():
             if modality == "name":
@@ -364,46 +477,78 @@ def _threats(w: _Where, items) -> list[ThreatSpec]:
             mwhere = f"{where}.{modality}"
             mline = _line(item, modality)
             if not isinstance(budget, dict):
-                raise w.error(mwhere, mline, f"expected a mapping {{norm: linf|l2, eps: number or list}}, got {budget!r}")
+                raise w.error(
+                    mwhere,
+                    mline,
+                    f"expected a mapping {{norm: linf|l2, eps: number or list}}, got {budget!r}",
+                )
             for key in budget:
                 if key not in ("norm", "eps"):
-                    raise w.error(f"{mwhere}.{key}", _line(budget, key), f"unknown key{_suggest(key, ('norm', 'eps'))}; allowed: norm, eps")
+                    raise w.error(
+                        f"{mwhere}.{key}",
+                        _line(budget, key),
+                        f"unknown key{_suggest(key, ('norm', 'eps'))}; allowed: norm, eps",
+                    )
             norm = budget.get("norm")
             if norm not in NORMS:
-                raise w.error(f"{mwhere}.norm", _line(budget, "norm"), f"must be one of {', '.join(NORMS)}, got {norm!r}")
+                raise w.error(
+                    f"{mwhere}.norm",
+                    _line(budget, "norm"),
+                    f"must be one of {', '.join(NORMS)}, got {norm!r}",
+                )
             if norm == "none":  # unbounded (corruptions): only the valid range holds
                 if "eps" in budget:
-                    raise w.error(f"{mwhere}.eps", _line(budget, "eps"), "norm none is unbounded and takes no eps; remove it")
+                    raise w.error(
+                        f"{mwhere}.eps",
+                        _line(budget, "eps"),
+                        "norm none is unbounded and takes no eps; remove it",
+                    )
                 norms[modality], eps[modality] = norm, [math.inf]
                 continue
             if "eps" not in budget:
-                raise w.error(mwhere, mline, "missing required key 'eps' (a number or a list of numbers)")
+                raise w.error(
+                    mwhere, mline, "missing required key 'eps' (a number or a list of numbers)"
+                )
             values = budget["eps"]
             values = list(values) if isinstance(values, list) else [values]
             if not values:
                 raise w.error(f"{mwhere}.eps", _line(budget, "eps"), "the eps list is empty")
             for v in values:
                 if not _is(v, float) or not math.isfinite(v):
-                    raise w.error(f"{mwhere}.eps", _line(budget, "eps"), f"expected a number, got {v!r}")
+                    raise w.error(
+                        f"{mwhere}.eps", _line(budget, "eps"), f"expected a number, got {v!r}"
+                    )
                 if v < 0:
-                    raise w.error(f"{mwhere}.eps", _line(budget, "eps"), f"eps must be >= 0, got {v}")
+                    raise w.error(
+                        f"{mwhere}.eps", _line(budget, "eps"), f"eps must be >= 0, got {v}"
+                    )
             norms[modality] = norm
             eps[modality] = [float(v) for v in values]
         if not norms:
-            raise w.error(where, getattr(item, "line", line), "names no modality; add e.g. audio: {norm: linf, eps: [0.1]}")
+            raise w.error(
+                where,
+                getattr(item, "line", line),
+                "names no modality; add e.g. audio: {norm: linf, eps: [0.1]}",
+            )
         steps = max(len(v) for v in eps.values())
         for m, v in eps.items():
             if len(v) == 1:
                 eps[m] = v * steps
             elif len(v) != steps:
-                raise w.error(f"{where}.{m}.eps", _line(item[m], "eps"),
-                              f"has {len(v)} values but another modality of this threat has {steps}; "
-                              "joint sweeps step all modalities together, so give lists of equal length (or one value)")
-        out.append(ThreatSpec(item["name"], norms, eps, where, dict(getattr(item, "key_lines", {}))))
+                raise w.error(
+                    f"{where}.{m}.eps",
+                    _line(item[m], "eps"),
+                    f"has {len(v)} values but another modality of this threat has {steps}; "
+                    "joint sweeps step all modalities together, so give lists of equal length (or one value)",
+                )
+        out.append(
+            ThreatSpec(item["name"], norms, eps, where, dict(getattr(item, "key_lines", {})))
+        )
     return out
 
 
 # ---------------------------------------------------------------- plugin-aware checks
+
 
 def check_params(w: _Where, spec: PluginSpec, factory) -> None:
     """Unknown, missing or mistyped plugin parameters, checked against the factory signature."""
@@ -417,23 +562,34 @@ def check_params(w: _Where, spec: PluginSpec, factory) -> None:
         hints = {}
     injected = INJECTED[spec.kind]
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    allowed = [n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in injected]
+    allowed = [
+        n
+        for n, p in sig.parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in injected
+    ]
     for key, value in spec.params.items():
         line = spec.lines.get(key, spec.lines[""])
         if key not in allowed:
             if accepts_any:
                 continue
-            raise w.error(f"{spec.where}.{key}", line,
-                          f"unknown parameter{_suggest(key, allowed)} for {spec.kind} {spec.plugin!r}; "
-                          f"it takes: {', '.join(allowed) or 'no parameters'}")
+            raise w.error(
+                f"{spec.where}.{key}",
+                line,
+                f"unknown parameter{_suggest(key, allowed)} for {spec.kind} {spec.plugin!r}; "
+                f"it takes: {', '.join(allowed) or 'no parameters'}",
+            )
         expected = _simple_type(hints.get(key))
         if expected is not None and not _is(value, expected):
-            raise w.error(f"{spec.where}.{key}", line, f"expected {_typename(expected)}, got {value!r}")
+            raise w.error(
+                f"{spec.where}.{key}", line, f"expected {_typename(expected)}, got {value!r}"
+            )
     for n, p in sig.parameters.items():
         if n in injected or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             continue
         if p.default is p.empty and n not in spec.params:
-            raise w.error(spec.where, spec.lines[""], f"{spec.kind} {spec.plugin!r} needs parameter {n!r}")
+            raise w.error(
+                spec.where, spec.lines[""], f"{spec.kind} {spec.plugin!r} needs parameter {n!r}"
+            )
 
 
 def _simple_type(hint):
@@ -469,21 +625,37 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
     that every threat names modalities the dataset has.
     """
     w = _Where(suite.path)
-    kinds = [(suite.data, "dataset")] + [(s, s.kind) for s in suite.models + suite.defenses + suite.attacks + suite.metrics]
+    kinds = [(suite.data, "dataset")] + [
+        (s, s.kind) for s in suite.models + suite.defenses + suite.attacks + suite.metrics
+    ]
     for spec, kind in kinds:
-        if spec.plugin not in registry.entries[kind] and (kind, spec.plugin) not in registry.conflicts:
-            raise w.error(f"{spec.where}.plugin", spec.lines.get("plugin", spec.lines[""]),
-                          unknown_message(kind, spec.plugin, registry.names(kind)))
-        factory = registry.get(kind, spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}")
+        if (
+            spec.plugin not in registry.entries[kind]
+            and (kind, spec.plugin) not in registry.conflicts
+        ):
+            raise w.error(
+                f"{spec.where}.plugin",
+                spec.lines.get("plugin", spec.lines[""]),
+                unknown_message(kind, spec.plugin, registry.names(kind)),
+            )
+        factory = registry.get(
+            kind, spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}"
+        )
         check_params(w, spec, factory)
     dataset = build_dataset(suite, registry)
     if suite.success != "default" and dataset.task.kind != "multilabel":
-        raise w.error("eval.success", _line(suite.raw.get("eval") or {}, "success") if suite.raw else 0,
-                      f"success rule {suite.success!r} is for multi-label tasks; dataset {suite.data.plugin!r} is "
-                      f"{dataset.task.kind}, whose attacks succeed by turning a correct prediction wrong (use default)")
+        raise w.error(
+            "eval.success",
+            _line(suite.raw.get("eval") or {}, "success") if suite.raw else 0,
+            f"success rule {suite.success!r} is for multi-label tasks; dataset {suite.data.plugin!r} is "
+            f"{dataset.task.kind}, whose attacks succeed by turning a correct prediction wrong (use default)",
+        )
     if suite.threshold is not None and dataset.task.kind != "multilabel":
-        raise w.error("eval.threshold", _line(suite.raw.get("eval") or {}, "threshold") if suite.raw else 0,
-                      f"a label threshold only applies to multi-label tasks; dataset {suite.data.plugin!r} is {dataset.task.kind}")
+        raise w.error(
+            "eval.threshold",
+            _line(suite.raw.get("eval") or {}, "threshold") if suite.raw else 0,
+            f"a label threshold only applies to multi-label tasks; dataset {suite.data.plugin!r} is {dataset.task.kind}",
+        )
     for m in suite.models:
         if m.load:
             checkpoint_path(w, m)
@@ -492,15 +664,24 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
         unloaded = [(i, m) for i, m in enumerate(suite.models) if not m.load]
         if not getattr(defense, "trains", True) and unloaded:
             names = ", ".join(f"{m.name!r} ({m.where})" for _, m in unloaded)
-            sets = " ".join(f"--set models.{i}.checkpoint=/path/to/{m.name}.pt" for i, m in unloaded)
-            raise w.error(f"{d.where}", d.lines[""], f"defense {d.name!r} evaluates models as loaded, without training, "
-                          f"but {names} {'has' if len(unloaded) == 1 else 'have'} no checkpoint: give "
-                          f"{'it' if len(unloaded) == 1 else 'them'} with {sets} (or train with defense standard)")
+            sets = " ".join(
+                f"--set models.{i}.checkpoint=/path/to/{m.name}.pt" for i, m in unloaded
+            )
+            raise w.error(
+                f"{d.where}",
+                d.lines[""],
+                f"defense {d.name!r} evaluates models as loaded, without training, "
+                f"but {names} {'has' if len(unloaded) == 1 else 'have'} no checkpoint: give "
+                f"{'it' if len(unloaded) == 1 else 'them'} with {sets} (or train with defense standard)",
+            )
     for t in suite.threats:
         for m in t.modalities:
             if m not in dataset.specs:
-                raise w.error(f"{t.where}.{m}", t.lines.get(m, 0),
-                              f"dataset {suite.data.plugin!r} has no modality {m!r}; it has: {', '.join(sorted(dataset.specs))}")
+                raise w.error(
+                    f"{t.where}.{m}",
+                    t.lines.get(m, 0),
+                    f"dataset {suite.data.plugin!r} has no modality {m!r}; it has: {', '.join(sorted(dataset.specs))}",
+                )
     return Components(
         dataset,
         [(a, build_component(w, a, registry)) for a in suite.attacks],
@@ -513,10 +694,18 @@ def build_dataset(suite: Suite, registry: Registry):
     """The suite's dataset object (cheap: nothing is read yet)."""
     w = _Where(suite.path)
     spec = suite.data
-    if spec.plugin not in registry.entries["dataset"] and ("dataset", spec.plugin) not in registry.conflicts:
-        raise w.error("data.plugin", spec.lines.get("plugin", spec.lines[""]),
-                      unknown_message("dataset", spec.plugin, registry.names("dataset")))
-    factory = registry.get("dataset", spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}")
+    if (
+        spec.plugin not in registry.entries["dataset"]
+        and ("dataset", spec.plugin) not in registry.conflicts
+    ):
+        raise w.error(
+            "data.plugin",
+            spec.lines.get("plugin", spec.lines[""]),
+            unknown_message("dataset", spec.plugin, registry.names("dataset")),
+        )
+    factory = registry.get(
+        "dataset", spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}"
+    )
     check_params(w, spec, factory)
     # A dataset that takes a seed gets the suite's, unless the suite sets one for the data itself.
     takes_seed = "seed" in inspect.signature(factory).parameters and "seed" not in spec.params
@@ -532,4 +721,8 @@ def build_component(w_or_path, spec: PluginSpec, registry: Registry, **injected)
     except UserError as exc:
         raise w.error(spec.where, spec.lines[""], str(exc)) from None
     except (ValueError, TypeError) as exc:
-        raise w.error(spec.where, spec.lines[""], f"{spec.kind} {spec.plugin!r} rejected its parameters: {exc}") from None
+        raise w.error(
+            spec.where,
+            spec.lines[""],
+            f"{spec.kind} {spec.plugin!r} rejected its parameters: {exc}",
+        ) from None

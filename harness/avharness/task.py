@@ -48,5 +48,5 @@ class Task:
         return {"kind": self.kind, "classes": list(self.classes), "threshold": self.threshold}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Task":
+    def from_dict(cls, d: dict) -> Task:
         return cls(d["kind"], tuple(d["classes"]), float(d.get("threshold", 0.0)))

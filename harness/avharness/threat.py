@@ -80,6 +80,9 @@ class ThreatModel:
     def to_dict(self) -> dict:
         return {
             "name": self.name,
-            "budgets": {m: {"norm": b.norm, "eps": b.eps, "bounds": [json_bound(x) for x in b.bounds]} for m, b in self.budgets.items()},
+            "budgets": {
+                m: {"norm": b.norm, "eps": b.eps, "bounds": [json_bound(x) for x in b.bounds]}
+                for m, b in self.budgets.items()
+            },
             "canonical": self.canonical(),
         }

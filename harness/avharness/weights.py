@@ -24,6 +24,7 @@ from torch import nn
 
 from .errors import UserError
 
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

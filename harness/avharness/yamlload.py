@@ -42,7 +42,9 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
         if not isinstance(key, (str, int, float, bool)) or key is None:
             raise UserError(f"{loader.name}:{line}: keys must be plain scalars, got {key!r}")
         if key in out:
-            raise UserError(f"{loader.name}:{line}: key {key!r} appears twice in this mapping (first at line {out.key_lines[key]})")
+            raise UserError(
+                f"{loader.name}:{line}: key {key!r} appears twice in this mapping (first at line {out.key_lines[key]})"
+            )
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
     return out
@@ -71,7 +73,9 @@ def load_yaml(path: str | Path):
     """Parse ``path`` safely; syntax errors become a one-line UserError with file and line."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: suite file not found; check the path (suites live in suites/, e.g. suites/quickstart.yaml)")
+        raise UserError(
+            f"{path}: suite file not found; check the path (suites live in suites/, e.g. suites/quickstart.yaml)"
+        )
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a suite file")
     try:

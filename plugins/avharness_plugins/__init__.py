@@ -1,0 +1,1 @@
+"""The built-in plugins of avharness, one sub-package per kind, loaded through entry points like anyone's."""

@@ -1,0 +1,1 @@
+"""``avdigits``: handwritten digits as short clips paired with the spoken digit (eSpeak NG)."""

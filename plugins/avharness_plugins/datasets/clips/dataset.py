@@ -1,0 +1,738 @@
+"""What the clip-file datasets share (``audioset``'s csv/json layouts, ``kinetics_sounds``).
+
+A subclass lists a split's candidate samples (id, target, audio file, video file); this module
+turns that list into a fixed sample set, streams it in batches, hashes it and describes it.
+
+**Missing and unreadable clips.** A split is *indexed* once per dataset object, on the first call
+that needs it (``size``, ``batches``, ``manifest``, ``info``): every candidate whose audio (or
+requested video) file is absent, or whose file fails the ``check``, is set aside with its reason.
+``check`` decides how hard to look: ``"exists"`` (a stat), ``"header"`` (default: also read each
+file's header -- soundfile's parse, or PyAV opening the container and finding the streams; well
+under a millisecond per wav) or ``"decode"`` (decode every clip once, up front; slow, and it finds
+files whose header is fine but whose data is corrupt). The index is cached, so the sample set of a
+split never changes between calls. ``missing: skip`` evaluates without the set-aside clips and
+lists them (id and reason) in ``info()`` -- which the report records; ``missing: error`` makes any
+of them a UserError listing the first few and the count. A clip that passed the check but then
+fails to decode inside ``batches`` is an error naming it (dropping it there would change the sample
+set mid-run); rerun with ``check: decode`` to find and list all such clips up front.
+
+**Streaming.** ``batches`` decodes only the clips of the batch it is building, so memory does not
+grow with the split (the index holds a few hundred bytes of paths per clip).
+
+**Manifest.** A sha256 over the split file's bytes, the class list's bytes, the feature settings
+(pipeline name, version and normalisation statistics; video source and backbone weights' size and
+mtime), each kept sample's id, target and its files' name, size and mtime_ns, and the set-aside
+ids with their reasons. Hashing 20k clips' bytes on every run would dominate a run's start-up;
+(size, mtime_ns) changes whenever a file is rewritten, and a copy that loses mtimes only gives a
+new manifest (a recomputation, never a wrong reuse).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avharness import Batch, InputSpec, Task, UserError, atomic_write_bytes
+from avharness.weights import file_sha256
+from avharness_plugins.datasets.avdigits.dataset import default_cache_dir
+from avharness_plugins.datasets.clips import decode as cl
+from avharness_plugins.datasets.clips.video_backbone import ARCHS, FrameEmbedder, check_arch, check_weights
+
+FORMAT_VERSION = 1
+#: bump when cached video embeddings (``$AVHARNESS_CACHE/video_embeddings``) change meaning
+CACHE_VERSION = 1
+AUDIO_MODES = ("logmel64", "fbank128", "waveform")
+MISSING_POLICIES = ("skip", "error")
+CHECKS = ("exists", "header", "decode")
+INF = float("inf")
+
+
+# ------------------------------------------------------------------------------------ parameters
+
+
+def choice(owner: str, name: str, value, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise UserError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def positive(owner: str, name: str, value, integer: bool = False):
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise UserError(f"{owner}: {name} must be {kind}, got {value!r}")
+    return value
+
+
+def bounds_param(owner: str, name: str, value, default: tuple[float, float]) -> tuple[float, float]:
+    """``[lo, hi]`` from a suite (numbers, or "inf"/"-inf"/null for an open end) -> a float pair."""
+    if value is None:
+        return default
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise UserError(f"{owner}: {name} must be a pair [low, high] (use -inf/inf for an open end), got {value!r}")
+    out = []
+    for v, open_end in zip(value, (-INF, INF)):
+        if v is None:
+            out.append(open_end)
+            continue
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise UserError(f"{owner}: {name} must hold two numbers, got {value!r}") from None
+    if math.isnan(out[0]) or math.isnan(out[1]) or not out[0] < out[1]:
+        raise UserError(f"{owner}: {name} must satisfy low < high, got {value!r}")
+    return out[0], out[1]
+
+
+def default_workers(workers: int | None) -> int:
+    """Decoding threads: as given, or one per core up to 8 (decoding is I/O and C code, not Python)."""
+    return min(8, os.cpu_count() or 1) if workers is None else workers
+
+
+def resolve(root: Path, path: str | os.PathLike) -> Path:
+    """A user path: absolute as given, relative to the dataset root otherwise."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+# ------------------------------------------------------------------------------------- audio
+
+
+def feature_floor(pipeline) -> float:
+    """The smallest value the pipeline's un-normalised features can take (its log floor)."""
+    if pipeline.name == "logmel64":
+        return 10.0 * math.log10(pipeline.amin)  # 10*log10(power + amin) >= 10*log10(amin)
+    if pipeline.name == "fbank128":
+        # Kaldi fbank takes log(max(mel energy, float32 eps)) (torchaudio.compliance.kaldi)
+        return math.log(float(torch.finfo(torch.float32).eps))
+    raise UserError(f"no known floor for feature pipeline {pipeline.name!r}")
+
+
+class AudioFrontEnd:
+    """``audio``: ``logmel64`` / ``fbank128`` (features computed per batch) or ``waveform``.
+
+    Features: spec [T, F] with bounds [floor, +inf). The floor is the pipeline's log floor after
+    normalisation. The upper end is open: a waveform in [-1, 1] does bound the mel power, but that
+    bound (a full-scale sinusoid at one filter's centre) lies far above any real clip and depends on
+    the filterbank, so a feature-domain attack is honestly limited only by the floor. Yielded
+    features are clamped at the floor (a no-op up to float32 rounding of the normalisation), so
+    clean inputs always lie inside their declared range.
+
+    Waveform: spec [samples] in [-1, 1] with ``frontend={"pipeline", "stats"}`` so a model can build
+    the same differentiable pipeline itself and attacks run in the waveform domain.
+    """
+
+    def __init__(self, owner: str, audio: str, stats, frontend_pipeline: str, clip_seconds, root: Path):
+        from avharness_plugins.datasets import features
+        self.mode = choice(owner, "audio", audio, AUDIO_MODES)
+        self.clip_seconds = float(positive(owner, "clip_seconds", clip_seconds))
+        name = frontend_pipeline if audio == "waveform" else audio
+        if audio == "waveform":
+            choice(owner, "frontend_pipeline", frontend_pipeline, tuple(features.PIPELINES))
+        self.pipeline = features.get_pipeline(name)
+        self.stats_dict = None
+        if stats is not None:
+            if not isinstance(stats, str) or not stats.strip():
+                raise UserError(f"{owner}: stats must be the path of a stats JSON file (from compute_stats), got {stats!r}")
+            path = resolve(root, stats)
+            self.stats_dict = features.load_stats(path, self.pipeline)
+            self.pipeline.set_stats(self.stats_dict, source=str(path))
+        self.samples = int(round(self.clip_seconds * cl.SAMPLE_RATE))
+        if self.mode == "waveform":
+            self.low = -1.0
+            self.spec = InputSpec((self.samples,), (-1.0, 1.0), "waveform",
+                                  frontend={"pipeline": name, "stats": self.stats_dict})
+        else:
+            floor = feature_floor(self.pipeline)
+            if self.pipeline.mean is not None:
+                floor = (floor - self.pipeline.mean) / (2.0 * self.pipeline.std)
+            # the bound as float32 sees it, so that clamping to it is exact
+            self.low = float(torch.tensor(floor, dtype=torch.float32))
+            norm = "normalised (x - mean) / (2 std)" if self.pipeline.mean is not None else "not normalised"
+            self.spec = InputSpec((self.pipeline.n_frames, self.pipeline.n_bins), (self.low, INF),
+                                  f"{name} log-mel ({norm})" if name == "logmel64" else f"{name} log fbank ({norm})")
+
+    @property
+    def pipeline_name(self) -> str:
+        return self.pipeline.name
+
+    @torch.no_grad()
+    def __call__(self, wavs: torch.Tensor) -> torch.Tensor:
+        if self.mode == "waveform":
+            return wavs
+        return self.pipeline(wavs).clamp_min(self.low)
+
+    def identity(self) -> dict:
+        return {"mode": self.mode, "pipeline": self.pipeline.name, "version": self.pipeline.version,
+                "mean": self.pipeline.mean, "std": self.pipeline.std, "samples": self.samples}
+
+    def describe(self) -> dict:
+        d = {
+            "mode": self.mode,
+            "clip_seconds": self.clip_seconds,
+            "sample_rate": cl.SAMPLE_RATE,
+            "decoding": "soundfile (wav/flac/ogg) or PyAV (containers); mono mean; torchaudio resample to "
+                        "16 kHz; clipped to [-1, 1]; cut or zero-padded to the clip length",
+            "pipeline": self.pipeline.describe(),
+            "bounds": self.spec.to_dict()["bounds"],
+        }
+        if self.mode == "waveform":
+            d["frontend"] = "the model computes the pipeline itself (spec.frontend): attacks act on the waveform"
+        else:
+            d["bounds_note"] = ("low = the pipeline's log floor after normalisation; high open (log features "
+                                "have no practical ceiling)")
+        return d
+
+
+# ------------------------------------------------------------------------------------- video
+
+
+class VideoSource:
+    """No video (the base class): ``spec`` None."""
+
+    kind = "none"
+    spec: InputSpec | None = None
+    needs_file = False
+
+    def probe(self, path: Path, deep: bool) -> None:  # pragma: no cover - never called for "none"
+        pass
+
+    def load(self, path: Path) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        return {"kind": self.kind}
+
+    def describe(self) -> dict:
+        return {"source": "none"}
+
+
+def _cut_or_repeat(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Cut [T, ...] to n steps or pad by repeating the last one (a short clip's last second)."""
+    if x.shape[0] >= n:
+        return x[:n]
+    return torch.cat([x, x[-1:].expand(n - x.shape[0], *x.shape[1:])])
+
+
+class NpyFeatures(VideoSource):
+    """Per-clip ``<id>.npy`` arrays [T, D] (one row per second) in ``folder``; time cut or padded
+    (repeating the last second) to ``seconds``; D read from the first file's header by name."""
+
+    kind = "features"
+    needs_file = True
+
+    def __init__(self, owner: str, folder: Path, seconds: int, bounds):
+        self.owner, self.folder, self.seconds = owner, folder, int(seconds)
+        if not folder.is_dir():
+            raise UserError(f"{owner}: video features folder {folder} does not exist; put one <id>.npy array "
+                            "[seconds, dim] per clip there or set video_features to the folder holding them")
+        first = None
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.endswith(".npy") and e.is_file() and (first is None or e.name < first):
+                    first = e.name
+        if first is None:
+            raise UserError(f"{owner}: video features folder {folder} holds no .npy files; put one <id>.npy "
+                            "array [seconds, dim] per clip there")
+        try:
+            shape = np.load(folder / first, mmap_mode="r").shape
+        except Exception as exc:
+            raise UserError(f"{owner}: cannot read {folder / first} ({cl._why(exc)}); the video features must be "
+                            ".npy arrays [seconds, dim]") from None
+        if len(shape) != 2:
+            raise UserError(f"{owner}: {folder / first} has shape {list(shape)}; video features must be [seconds, dim]")
+        self.dim = int(shape[1])
+        self.bounds = bounds_param(owner, "video_bounds", bounds, (0.0, INF))
+        self.spec = InputSpec((self.seconds, self.dim), self.bounds, "video features (per second)")
+        self.first = first
+
+    def locate(self, ids: Sequence[str]) -> dict[str, Path]:
+        return {i: self.folder / f"{i}.npy" for i in ids}
+
+    def probe(self, path: Path, deep: bool) -> None:
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except Exception as exc:
+            raise cl.ClipError(f"unreadable .npy ({cl._why(exc)})") from None
+        if arr.ndim != 2 or arr.shape[1] != self.dim or arr.shape[0] == 0:
+            raise cl.ClipError(f"shape {list(arr.shape)}, expected [seconds, {self.dim}]")
+        if deep:
+            self.load(path)
+
+    def load(self, path: Path) -> torch.Tensor:
+        try:
+            arr = np.load(path)
+        except Exception as exc:
+            raise cl.ClipError(f"unreadable .npy ({cl._why(exc)})") from None
+        if arr.ndim != 2 or arr.shape[1] != self.dim or arr.shape[0] == 0:
+            raise cl.ClipError(f"shape {list(arr.shape)}, expected [seconds, {self.dim}]")
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        if not torch.isfinite(x).all():
+            raise cl.ClipError("NaN or inf in the video features")
+        return _cut_or_repeat(x, self.seconds)
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "seconds": self.seconds, "dim": self.dim, "bounds": list(self.bounds)}
+
+    def describe(self) -> dict:
+        return {"source": f"per-clip .npy features in {self.folder}", "shape": [self.seconds, self.dim],
+                "time": f"cut to {self.seconds} rows or padded by repeating the last row",
+                "bounds": self.spec.to_dict()["bounds"],
+                "bounds_note": "[0, inf) assumes post-ReLU features; set video_bounds otherwise"}
+
+
+class DecodedEmbedded(VideoSource):
+    """Frames decoded at 1 fps with PyAV and embedded by a frozen ResNet -> [seconds, D] >= 0."""
+
+    kind = "decode"
+    needs_file = True
+
+    def __init__(self, owner: str, seconds: int, arch: str, weights, device: str, bounds, cache: bool = True):
+        check_arch(arch, owner)
+        check_weights(weights, arch, owner)
+        self.seconds = int(seconds)
+        # Embedding a clip's frames costs a ResNet pass per second of video, and every cell of a suite
+        # reads every clip again: embeddings are kept on disk, keyed by what determines them (the
+        # weights' bytes, the backbone, the clip file's path, size and mtime).
+        self.cache_dir = (default_cache_dir() / "video_embeddings") if cache else None
+        device = choice(owner, "video_device", device, ("cpu", "cuda", "auto"))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.embedder = FrameEmbedder(arch, weights, device=device, owner=owner)
+        self.bounds = bounds_param(owner, "video_bounds", bounds, (0.0, INF))
+        self.spec = InputSpec((self.seconds, ARCHS[arch]), self.bounds, f"video features ({arch}, per second)")
+
+    def probe(self, path: Path, deep: bool) -> None:
+        cl.probe(path, audio=False, video=True)
+        if deep:
+            cl.decode_frames(path, self.seconds)
+
+    def decode(self, path: Path) -> torch.Tensor:
+        return cl.decode_frames(path, self.seconds)
+
+    def embed(self, frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One backbone pass over the frames of several clips (fewer, fuller forward calls)."""
+        out = self.embedder.embed(torch.cat(frames)) if frames else torch.empty(0, self.embedder.dim)
+        return list(out.split([f.shape[0] for f in frames]))
+
+    def load(self, path: Path) -> torch.Tensor:
+        return self.embed([self.decode(path)])[0]
+
+    def cache_file(self, path: Path) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        st = path.stat()
+        key = hashlib.sha256(json.dumps([CACHE_VERSION, self.embedder.sha256(), self.embedder.arch, self.seconds,
+                                         str(path.resolve()), st.st_size, st.st_mtime_ns]).encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key[2:34]}.npy"
+
+    def cached(self, path: Path) -> torch.Tensor | None:
+        f = self.cache_file(path)
+        if f is None or not f.exists():
+            return None
+        try:
+            x = torch.from_numpy(np.load(f, allow_pickle=False))
+        except (OSError, ValueError):  # a damaged cache entry is recomputed, never trusted
+            return None
+        return x if tuple(x.shape) == tuple(self.spec.shape) else None
+
+    def store(self, path: Path, x: torch.Tensor) -> None:
+        f = self.cache_file(path)
+        if f is None:
+            return
+        buf = io.BytesIO()
+        np.save(buf, x.numpy(), allow_pickle=False)
+        try:
+            atomic_write_bytes(f, buf.getvalue())
+        except OSError:  # a read-only cache only costs speed
+            pass
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "seconds": self.seconds, **self.embedder.identity(), "bounds": list(self.bounds)}
+
+    def describe(self) -> dict:
+        return {"source": "frames decoded with PyAV at 1 fps (frame nearest each second's centre), embedded "
+                          "by a frozen backbone", "shape": list(self.spec.shape), **self.embedder.describe(),
+                "bounds": self.spec.to_dict()["bounds"],
+                "cache": str(self.cache_dir) if self.cache_dir else None}
+
+
+class DecodedFrames(VideoSource):
+    """Frames decoded at 1 fps, resized (shorter side) and centre-cropped: [T, 3, S, S] in [0, 1]."""
+
+    kind = "frames"
+    needs_file = True
+
+    def __init__(self, owner: str, frames: int, image_size: int):
+        self.frames = int(positive(owner, "frames", frames, integer=True))
+        self.size = int(positive(owner, "image_size", image_size, integer=True))
+        self.bounds = (0.0, 1.0)
+        self.spec = InputSpec((self.frames, 3, self.size, self.size), self.bounds, "pixel (RGB, [0, 1])")
+
+    def probe(self, path: Path, deep: bool) -> None:
+        cl.probe(path, audio=False, video=True)
+        if deep:
+            cl.decode_frames(path, self.frames)
+
+    def load(self, path: Path) -> torch.Tensor:
+        return cl.resize_center_crop(cl.decode_frames(path, self.frames), self.size)
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "frames": self.frames, "size": self.size}
+
+    def describe(self) -> dict:
+        return {"source": "frames decoded with PyAV at 1 fps (frame nearest each second's centre)",
+                "shape": list(self.spec.shape), "resize": f"shorter side to {self.size} (bilinear, antialias), "
+                "centre crop", "bounds": [0.0, 1.0]}
+
+
+def check_video_bounds(owner: str, sample_id: str, x: torch.Tensor, bounds) -> None:
+    lo, hi = bounds
+    if (math.isfinite(lo) and float(x.min()) < lo) or (math.isfinite(hi) and float(x.max()) > hi):
+        raise UserError(f"{owner}: video features of clip {sample_id} range over [{float(x.min()):.4g}, "
+                        f"{float(x.max()):.4g}], outside the declared bounds [{lo:g}, {hi:g}]; set video_bounds "
+                        "to the features' valid range")
+
+
+# ------------------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One listed sample before checking its files. ``target``: class indices (multilabel) or one index."""
+
+    id: str
+    target: tuple[int, ...] | int
+    audio: Path | None
+    video: Path | None = None
+    reason: str | None = None  # known already to be missing (e.g. no clip file matches the YTID)
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    target: tuple[int, ...] | int
+    audio: Path
+    video: Path | None
+    stamp: str  # "name:size:mtime_ns" of each file, for the manifest
+
+
+@dataclass
+class SplitIndex:
+    samples: list[Sample]
+    missing: list[tuple[str, str]]
+    listed: int
+    source: Path
+    source_sha256: str
+    notes: dict = field(default_factory=dict)
+
+
+def _stamp(p: Path) -> str:
+    st = p.stat()
+    return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+class ClipDataset:
+    """Base of the clip-file datasets. Subclasses set ``name``, ``task``, ``split_files`` and the
+    front ends, and implement ``_candidates(split) -> (list[Candidate], notes)``."""
+
+    name = "clips"
+    layout = "clips"
+
+    @property
+    def owner(self) -> str:
+        return f"dataset {self.name!r}"
+
+    def _setup(self, *, root: Path, task: Task, split_files: dict[str, Path], audio_fe: AudioFrontEnd,
+               video: VideoSource, missing: str, check: str, classes_file: Path | None, workers: int = 1) -> None:
+        self.root = root
+        self.task = task
+        self.split_files = split_files
+        self.audio_fe = audio_fe
+        self.video = video
+        self.missing_policy = choice(self.owner, "missing", missing, MISSING_POLICIES)
+        self.check = choice(self.owner, "check", check, CHECKS)
+        self.classes_file = classes_file
+        self.specs = {"audio": audio_fe.spec}
+        if video.spec is not None:
+            self.specs["video"] = video.spec
+        self._index: dict[str, SplitIndex] = {}
+        self._manifests: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._pool = None
+        self.workers = positive(self.owner, "workers", workers, integer=True)
+
+    def __getstate__(self):  # picklable (e.g. for loader workers): the lock and thread pool are recreated
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        state.pop("_pool", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- the Dataset contract
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.split_files)
+
+    def size(self, split: str) -> int:
+        return len(self.index(split).samples)
+
+    def batches(self, split: str, batch_size: int, *, shuffle: torch.Generator | None = None,
+                limit: int | None = None) -> Iterator[Batch]:
+        samples = self.index(split).samples
+        n = _count(self.owner, len(samples), batch_size, limit)
+        # limit keeps the first n of the fixed order; shuffle only reorders those
+        order = range(n) if shuffle is None else torch.randperm(n, generator=shuffle).tolist()
+        order = list(order)
+        chunks = [[samples[i] for i in order[start:start + batch_size]] for start in range(0, n, batch_size)]
+        if self.workers <= 1 or len(chunks) < 2:
+            for chunk in chunks:
+                yield self._batch(chunk)
+            return
+        # The next batch is decoded while the caller attacks this one: at most two batches are held,
+        # so memory stays flat in N, and on a GPU the attack no longer waits for the disk.
+        with ThreadPoolExecutor(1, thread_name_prefix="avharness-prefetch") as ahead:
+            pending = ahead.submit(self._batch, chunks[0])
+            for chunk in chunks[1:]:
+                batch = pending.result()
+                pending = ahead.submit(self._batch, chunk)
+                yield batch
+            yield pending.result()
+
+    def _map(self, fn, items: list) -> list:
+        """``[fn(x) for x in items]`` on ``workers`` threads, in order (decoders release the GIL)."""
+        if self.workers <= 1 or len(items) < 2:
+            return [fn(x) for x in items]
+        with self._lock:
+            if getattr(self, "_pool", None) is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="avharness-decode")
+        return list(self._pool.map(fn, items))
+
+    def manifest(self, split: str) -> str:
+        idx = self.index(split)
+        with self._lock:
+            if split not in self._manifests:
+                h = hashlib.sha256()
+                head = {"dataset": self.name, "format": FORMAT_VERSION, "layout": self.layout, "split": split,
+                        "source_sha256": idx.source_sha256,
+                        "classes_sha256": file_sha256(self.classes_file) if self.classes_file else None,
+                        "classes": list(self.task.classes) if self.classes_file is None else None,
+                        "audio": self.audio_fe.identity(), "video": self.video.identity(), "check": self.check}
+                h.update(json.dumps(head, sort_keys=True).encode())
+                for s in idx.samples:
+                    target = ",".join(map(str, s.target)) if isinstance(s.target, tuple) else str(s.target)
+                    h.update(f"\n{s.id}\t{target}\t{s.stamp}".encode())
+                for sid, reason in idx.missing:
+                    h.update(f"\nmissing\t{sid}\t{reason}".encode())
+                self._manifests[split] = h.hexdigest()
+        return self._manifests[split]
+
+    def info(self) -> dict:
+        splits = {}
+        for split in self.splits():
+            idx = self.index(split)
+            splits[split] = {
+                "file": str(idx.source),
+                "listed": idx.listed,
+                "usable": len(idx.samples),
+                "missing": len(idx.missing),
+                "missing_by_reason": dict(Counter(_reason_kind(r) for _, r in idx.missing).most_common()),
+                "missing_items": [{"id": i, "reason": r} for i, r in idx.missing],
+                **idx.notes,
+            }
+        return {
+            "dataset": self.name,
+            "format_version": FORMAT_VERSION,
+            "layout": self.layout,
+            "root": str(self.root),
+            "classes": {"n": self.task.num_classes, "source": str(self.classes_file) if self.classes_file else None,
+                        "kind": self.task.kind},
+            "audio": self.audio_fe.describe(),
+            "video": self.video.describe(),
+            "missing_policy": self.missing_policy,
+            "check": self.check,
+            "check_note": {
+                "exists": "clips were only checked to exist; one that fails to decode stops the run with its name",
+                "header": "each clip's header was read when the split was indexed; one whose data then fails to "
+                          "decode stops the run with its name (use check: decode to find them all up front)",
+                "decode": "every clip was decoded once when the split was indexed",
+            }[self.check],
+            "splits": splits,
+            # one line per split with clips left out, for the head of report.md
+            "notes": [f"split {sp}: {d['missing']} of {d['listed']} listed clips missing or unreadable ("
+                      + ", ".join(f"{n} {k}" for k, n in d["missing_by_reason"].items())
+                      + f"; {'skipped' if self.missing_policy == 'skip' else 'an error'}; listed in report.json "
+                      f"under data.info.splits.{sp}.missing_items)" for sp, d in splits.items() if d["missing"]],
+        }
+
+    # ---------------------------------------------------------------- extras
+
+    def feature_stats(self, split: str, limit: int | None = None, batch_size: int = 16) -> dict:
+        """``features.compute_stats`` of the audio pipeline (without normalisation) over ``split``,
+        streamed in the fixed order; the first ``limit`` clips only when given. Save the result with
+        ``features.save_stats`` and pass its path as ``stats``."""
+        from avharness_plugins.datasets import features
+        samples = self.index(split).samples
+        n = _count(self.owner, len(samples), batch_size, limit)
+        pipeline = features.get_pipeline(self.audio_fe.pipeline_name)
+
+        def waves():
+            for start in range(0, n, batch_size):
+                yield self._waveforms(samples[start:min(n, start + batch_size)])
+
+        stats = features.compute_stats(pipeline, waves())
+        stats["source"] = {"dataset": self.name, "split": split, "clips": n, "manifest_sha256": self.manifest(split)}
+        return stats
+
+    # ---------------------------------------------------------------- internals
+
+    def check_split(self, split: str) -> str:
+        if split not in self.split_files:
+            raise UserError(f"dataset {self.name!r} has no split {split!r}; it has: {', '.join(self.split_files)} "
+                            "(add one with the splits parameter)")
+        return split
+
+    def index(self, split: str) -> SplitIndex:
+        self.check_split(split)
+        with self._lock:
+            if split not in self._index:
+                self._index[split] = self._build_index(split)
+        return self._index[split]
+
+    def _build_index(self, split: str) -> SplitIndex:
+        cands, notes = self._candidates(split)
+        source = self.split_files[split]
+        samples: list[Sample] = []
+        missing: list[tuple[str, str]] = []
+        deep = self.check == "decode"
+        for c in cands:
+            reason = c.reason or self._check(c, deep)
+            if reason:
+                missing.append((c.id, reason))
+                continue
+            stamp = _stamp(c.audio) + (f"|{_stamp(c.video)}" if c.video is not None else "")
+            samples.append(Sample(c.id, c.target, c.audio, c.video, stamp))
+        if missing and self.missing_policy == "error":
+            raise UserError(f"{self.owner}: split {split!r} ({source}): {len(missing)} of {len(cands)} clips are missing "
+                            f"or unreadable, e.g. {_first(missing)}; provide them, or set missing: skip to evaluate "
+                            "without them (they are then listed in the report)")
+        if not samples:
+            raise UserError(f"{self.owner}: split {split!r} ({source}) has no usable clip: "
+                            f"{'all ' + str(len(cands)) + ' listed are' if cands else 'it lists none'} missing or "
+                            f"unreadable{', e.g. ' + _first(missing) if missing else ''}; check the clip folders and the "
+                            "path parameters")
+        return SplitIndex(samples, missing, len(cands), source, file_sha256(source), notes)
+
+    def _check(self, c: Candidate, deep: bool) -> str | None:
+        """None if the candidate's files pass ``check``, else the reason (one line)."""
+        same = c.video is not None and c.video == c.audio  # one clip holds both streams (kinetics_sounds)
+        pairs = [("clip" if same else "audio", c.audio)] + ([("video", c.video)] if self.video.needs_file and not same else [])
+        for what, path in pairs:
+            if path is None:
+                return f"no {what} file"
+            if not path.is_file():
+                return f"no {what} file {path}"
+        if self.check == "exists":
+            return None
+        try:
+            if same:
+                cl.probe(c.audio, audio=True, video=True)
+            else:
+                cl.probe(c.audio, audio=True)
+        except cl.ClipError as exc:
+            return f"unreadable {'clip' if same else 'audio'} {c.audio.name}: {exc}"
+        if deep:
+            try:
+                cl.decode_audio(c.audio, self.audio_fe.clip_seconds)
+            except cl.ClipError as exc:
+                return f"unreadable audio {c.audio.name}: {exc}"
+        if self.video.needs_file:
+            try:
+                if not same or deep:
+                    self.video.probe(c.video, deep)
+            except cl.ClipError as exc:
+                return f"unreadable video {c.video.name}: {exc}"
+        return None
+
+    def _decode_error(self, s: Sample, what: str, path: Path, exc: Exception) -> UserError:
+        return UserError(f"{self.owner}: clip {s.id}: {what} {path} could not be decoded ({exc}) although it passed "
+                         f"check: {self.check} when the split was indexed; the sample set cannot change mid-run, so "
+                         "rerun with check: decode (every clip decoded up front; bad ones are listed as missing) "
+                         "or remove the file")
+
+    def _waveforms(self, chunk: Sequence[Sample]) -> torch.Tensor:
+        def one(s: Sample) -> torch.Tensor:
+            try:
+                return cl.decode_audio(s.audio, self.audio_fe.clip_seconds)
+            except cl.ClipError as exc:
+                raise self._decode_error(s, "audio", s.audio, exc) from None
+        return torch.stack(self._map(one, list(chunk)))
+
+    def _batch(self, chunk: Sequence[Sample]) -> Batch:
+        inputs = {"audio": self.audio_fe(self._waveforms(chunk))}
+        if self.video.spec is not None:
+            batched = isinstance(self.video, DecodedEmbedded)
+            vids: list = [self.video.cached(s.video) if batched else None for s in chunk]
+            todo = [i for i, v in enumerate(vids) if v is None]
+
+            def one(i: int) -> torch.Tensor:
+                s = chunk[i]
+                try:
+                    return self.video.decode(s.video) if batched else self.video.load(s.video)
+                except cl.ClipError as exc:
+                    raise self._decode_error(s, "video", s.video, exc) from None
+            for i, x in zip(todo, self._map(one, todo)):
+                vids[i] = x
+            if batched and todo:  # one backbone pass over the clips not in the cache
+                for i, x in zip(todo, self.video.embed([vids[i] for i in todo])):
+                    vids[i] = x
+                    self.video.store(chunk[i].video, x)
+            for s, x in zip(chunk, vids):
+                check_video_bounds(self.owner, s.id, x, self.video.bounds)
+            inputs["video"] = torch.stack(vids)
+        if self.task.kind == "multilabel":
+            target = torch.zeros(len(chunk), self.task.num_classes)
+            for row, s in enumerate(chunk):
+                target[row, list(s.target)] = 1.0
+        else:
+            target = torch.tensor([s.target for s in chunk], dtype=torch.long)
+        return Batch(inputs, target, [s.id for s in chunk])
+
+    def _candidates(self, split: str) -> tuple[list[Candidate], dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _count(owner: str, available: int, batch_size, limit) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"{owner}: batch_size must be a positive integer, got {batch_size!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise UserError(f"{owner}: limit must be a non-negative integer or None, got {limit!r}")
+    return available if limit is None else min(limit, available)
+
+
+def _first(missing: list[tuple[str, str]], k: int = 3) -> str:
+    return "; ".join(f"{i} ({r})" for i, r in missing[:k]) + (f"; ... ({len(missing) - k} more)" if len(missing) > k else "")
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for the summary: the text before the file name / detail."""
+    for prefix in ("no audio file", "no video file", "no clip file", "unreadable audio", "unreadable video",
+                   "unreadable clip"):
+        if reason.startswith(prefix):
+            return prefix
+    return reason.split(":")[0]
