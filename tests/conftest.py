@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -72,3 +73,26 @@ def shared_audioset() -> Path:
     if not SHARED_AUDIOSET.exists():
         pytest.skip("../shared/data/audioset is not present (only in the developers' workplace)")
     return SHARED_AUDIOSET
+
+
+@pytest.fixture(autouse=True)
+def reports_match_schema(monkeypatch):
+    """Every report any test writes is validated against the published JSON Schema."""
+    import jsonschema
+
+    import avharness.report as report_pkg
+    from avharness.report import build
+
+    validator = jsonschema.Draft202012Validator(report_pkg.json_schema())
+    original = build.write_report
+
+    def checked(*args, **kwargs):
+        report = original(*args, **kwargs)
+        out = Path(args[1] if len(args) > 1 else kwargs["out_dir"]) / "report.json"
+        errors = sorted(validator.iter_errors(json.loads(out.read_text())), key=lambda e: list(e.path))
+        assert not errors, "report.json breaks schema.json: " + "; ".join(
+            f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+        return report
+
+    monkeypatch.setattr(build, "write_report", checked)
+    monkeypatch.setattr(report_pkg, "write_report", checked)

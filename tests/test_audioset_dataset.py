@@ -185,7 +185,8 @@ def test_unknown_labels_policy(tmp_path):
 
 
 def test_suite_without_root_says_what_to_provide(tmp_path):
-    from avharness.suite import check_plugins, load_suite
+    from avharness.components import check_plugins
+    from avharness.suite import load_suite
 
     suite = tmp_path / "s.yaml"
     suite.write_text("schema: avharness/suite@1\nname: s\nversion: 1\nseed: 0\ndata: {plugin: audioset}\n"

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from avharness import AVModel, Batch, Task
-from avharness.checks import cell_checks, model_checks, probe_model
+from avharness.report.checks import cell_checks, model_checks, probe_model
 
 TASK = Task("multiclass", ("a", "b"))
 

@@ -29,7 +29,7 @@ def test_report_has_every_cell_and_provenance(example, tmp_path):
     assert r["suite"]["sha256"] and r["data"]["manifest_sha256"]
     assert {"python", "torch", "avharness"} <= set(r["environment"])
     assert any(d["dist"] == "avharness-example" for d in r["plugins"])
-    assert {"plugins_s", "data_s", "train_s", "attack_s", "total_s"} <= set(r["stages"])
+    assert {"plan_s", "train_s", "attack_s", "total_s"} <= set(r["stages"])
     for c in r["cells"]:
         assert c["robust_accuracy"] <= c["clean_accuracy"]
         assert c["metrics"]["robust_accuracy"] == pytest.approx(c["robust_accuracy"])
@@ -60,7 +60,7 @@ def test_second_run_reuses_everything_and_same_seed_same_numbers(example, tmp_pa
 
 
 def test_interrupted_run_resumes(example, tmp_path, monkeypatch):
-    from avharness import runner
+    from avharness import executor as runner
 
     calls = {"n": 0}
     original = runner._attack_cell

@@ -6,7 +6,7 @@ through entry points in group ``avharness`` (the built-ins included).
 
 __version__ = "0.1.0"
 
-from .contracts import Attack, AttackOutput, Defense, Evidence, FitContext, Metric, ModelEvidence, ModelMetric
+from .contracts import Attack, AttackOutput, AttackStats, Defense, Evidence, FitContext, Metric, ModelEvidence, ModelMetric
 from .data import Batch, Dataset, InputSpec
 from .errors import NumericalError, UserError
 from .hookspecs import hookimpl
@@ -20,6 +20,7 @@ from .threat import Budget, ThreatModel
 __all__ = [
     "Attack",
     "AttackOutput",
+    "AttackStats",
     "AVModel",
     "Batch",
     "Budget",

@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a suite without running it")
     v.add_argument("suite")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.add_argument("--plan", action="store_true",
+                   help="compile the plan (reads the data's manifests, builds every model once) and print its "
+                        "training units and cells, which are already in the store, and which are skipped and why")
+    v.add_argument("-o", "--output", help="output folder whose store --plan looks in (default: reports/<suite name>)")
+    v.add_argument("--limit", type=int, help="as for run: evaluate only the first N samples")
 
     ls = sub.add_parser("list", help="list installed plugins with their distribution")
     ls.add_argument("kind", nargs="?", choices=["dataset", "model", "attack", "defense", "metric"])
@@ -90,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
+    from .executor import run_suite
     from .progress import Reporter
     from .report import write_report
-    from .runner import run_suite
     from .store import ensure_writable
     from .suite import load_suite
 
@@ -119,10 +124,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from .components import check_plugins
     from .plugins import get_registry
-    from .suite import check_plugins, load_suite
+    from .suite import load_suite
 
     suite = load_suite(args.suite, args.overrides)
+    if args.plan:
+        from .plan import compile_plan
+        from .store import Store
+
+        plan = compile_plan(suite, get_registry(), limit=args.limit)
+        out = Path(args.output) if args.output else Path("reports") / suite.name
+        print(f"{args.suite}: valid; plan (store {out / 'store'}):")
+        print("\n".join(plan.describe(Store(out / "store"))))
+        return 0
     check_plugins(suite, get_registry())
     n_eps = sum(t.steps for t in suite.threats)
     print(f"{args.suite}: valid — {len(suite.models)} models × {len(suite.defenses)} defenses × "
@@ -172,9 +187,10 @@ def cmd_plugin(args) -> int:
 
 
 def cmd_data(args) -> int:
+    from .components import build_dataset
     from .plugins import get_registry
     from .store import atomic_write_json, ensure_writable
-    from .suite import build_dataset, load_suite
+    from .suite import load_suite
 
     suite = load_suite(args.suite, args.overrides)
     dataset = build_dataset(suite, get_registry())
@@ -200,10 +216,11 @@ def cmd_model(args) -> int:
 
     import torch
 
+    from .components import build_component, build_dataset, check_params
     from .plugins import get_registry, unknown_message
     from .seeding import derive_seed, seed_everything
     from .store import atomic_write_bytes, ensure_writable
-    from .suite import _Where, build_component, build_dataset, check_params, load_suite
+    from .suite import _Where, load_suite
 
     suite = load_suite(args.suite, args.overrides)
     registry = get_registry()

@@ -19,12 +19,35 @@ from .task import Task
 from .threat import ThreatModel
 
 
+class AttackStats:
+    """The statistic names an attack may report in ``AttackOutput.stats`` that the core reads.
+
+    Each is a per-batch count the executor sums over a cell's batches into ``cell["attack_stats"]``.
+    The validity checks and the report read these names, and only these: an attack is free to add
+    others (they are stored and shown, not interpreted).
+    """
+
+    #: samples passed forward / backward through the model (cost, in samples)
+    FORWARD = "forward_samples"
+    BACKWARD = "backward_samples"
+    #: of the samples the attack did not break, how many; and how many of those had a loss still
+    #: rising at the end (the ``loss_converged`` check: too few steps overstate robustness)
+    UNBROKEN_AT_END = "unbroken_at_end"
+    UNBROKEN_RISING_AT_END = "unbroken_loss_rising_at_end"
+    #: suffix of a cascade stage's count of samples still robust after it: ``<stage>/robust_after``
+    STAGE_ROBUST_SUFFIX = "/robust_after"
+
+    @classmethod
+    def stage_robust(cls, stage: str) -> str:
+        return f"{stage}{cls.STAGE_ROBUST_SUFFIX}"
+
+
 class AttackOutput(dict):
     """What ``perturb`` may return instead of a bare dict, to report what the attack spent or saw.
 
     It is the dict of adversarial inputs itself (so callers that index it keep working), plus
-    ``stats``: per-batch counts (e.g. ``forward_samples``, ``backward_samples``, or per-stage counts
-    of an ensemble) that the runner sums over the batches of a cell into ``cell["attack_stats"]``.
+    ``stats``: per-batch counts (names the core reads are in ``AttackStats``; others are kept as
+    they are) that the executor sums over the batches of a cell into ``cell["attack_stats"]``.
     """
 
     def __init__(self, inputs: dict[str, torch.Tensor], stats: dict[str, float] | None = None):
@@ -130,6 +153,9 @@ class Evidence:
 class Metric(Protocol):
     #: metric value name -> True when higher is better
     higher_is_better: dict[str, bool]
+    #: optional: per task kind, the value the findings compare models by instead of robust
+    #: accuracy, e.g. ``{"multilabel": {"value": "robust_map", "label": "robust mAP"}}``
+    # headline: dict[str, dict[str, str]]
 
     def compute(self, ev: Evidence) -> dict[str, float]:
         """Scalar values, named as in ``higher_is_better``.

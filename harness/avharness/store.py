@@ -68,6 +68,9 @@ class Store:
     def cell_path(self, key: str) -> Path:
         return self.root / "cells" / f"{key}.json"
 
+    def has_cell(self, key: str) -> bool:
+        return self.cell_path(key).exists()
+
     def load_cell(self, key: str) -> dict | None:
         path = self.cell_path(key)
         if not path.exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from avharness import AttackOutput, SampleRNG, UserError, get_registry
+from avharness import AttackOutput, AttackStats, SampleRNG, UserError, get_registry
 
 
 class Ensemble:
@@ -52,7 +52,7 @@ class Ensemble:
                     out[m][idx[take]] = res[m][take]
                 best_loss[idx[take]] = loss[take]
                 robust[idx[broken]] = False
-            stats[f"{tag}/robust_after"] = float(robust.sum())
+            stats[AttackStats.stage_robust(tag)] = float(robust.sum())
         return AttackOutput(out, stats)
 
 

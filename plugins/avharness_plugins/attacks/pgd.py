@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from avharness import AttackOutput, NumericalError, UserError
+from avharness import AttackOutput, AttackStats, NumericalError, UserError
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -187,8 +187,8 @@ class GradientAttack:
                 total = run_max - first
                 late = run_max - at_mark
                 rising = unbroken & (total > 1e-6) & (late > 0.1 * total)
-            stats["unbroken_loss_rising_at_end"] = float(rising.sum())
-            stats["unbroken_at_end"] = float(unbroken.sum())
+            stats[AttackStats.UNBROKEN_RISING_AT_END] = float(rising.sum())
+            stats[AttackStats.UNBROKEN_AT_END] = float(unbroken.sum())
         return AttackOutput(out, stats)
 
 

@@ -205,6 +205,9 @@ class Tagging:
         "clean_dprime": True, "robust_dprime": True, "dprime_drop": False,
         "classes_scored": True,
     }
+    #: the value a report's findings compare models by, per task kind (read by the core; exact match
+    #: of every tag, the core's robust accuracy, is near zero for any multi-label model)
+    headline = {"multilabel": {"value": "robust_map", "label": "robust mAP"}}
 
     def __init__(self, mode: str = "sklearn"):
         if mode not in MODES:

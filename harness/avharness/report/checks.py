@@ -10,6 +10,10 @@ from collections import defaultdict
 
 import torch
 
+from ..contracts import AttackStats
+
+RISING, UNBROKEN = AttackStats.UNBROKEN_RISING_AT_END, AttackStats.UNBROKEN_AT_END
+
 #: tolerated rise of robust accuracy (share of samples) before a monotonicity check fails
 SLACK_SAMPLES = 1
 #: absolute slack (times max(eps, 1)) for a perturbation measured after float32 rounding of x + delta
@@ -147,15 +151,15 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
         )
 
     # Too few steps: among samples an attack did not break, the loss was still rising at its last step.
-    rising = sum(c.get("attack_stats", {}).get("unbroken_loss_rising_at_end", 0) for c in cells)
-    unbroken = sum(c.get("attack_stats", {}).get("unbroken_at_end", 0) for c in cells)
+    rising = sum(c.get("attack_stats", {}).get(RISING, 0) for c in cells)
+    unbroken = sum(c.get("attack_stats", {}).get(UNBROKEN, 0) for c in cells)
     if unbroken:
         share = rising / unbroken
         worst = max(
-            (c for c in cells if c.get("attack_stats", {}).get("unbroken_at_end")),
+            (c for c in cells if c.get("attack_stats", {}).get(UNBROKEN)),
             key=lambda c: (
-                c["attack_stats"]["unbroken_loss_rising_at_end"]
-                / c["attack_stats"]["unbroken_at_end"]
+                c["attack_stats"][RISING]
+                / c["attack_stats"][UNBROKEN]
             ),
         )
         out.append(

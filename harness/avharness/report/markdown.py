@@ -1,177 +1,11 @@
-"""The report: ``report.json`` (schema ``avharness/report@1``), ``samples.jsonl`` and ``report.md``.
-
-Every number here is computed from the run's cells; none is typed in. The Markdown tables use the
-per-sample outcomes the core records (clean and robust correctness), so they do not depend on
-which metric plugins a suite lists.
-"""
+"""report.md: one function per section, each reading the report dict (what report.json holds)."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import platform
-import sys
-from pathlib import Path
-
-import numpy as np
-import torch
-
-from . import __version__
-from .checks import cell_checks, model_checks
-from .findings import findings
+from ..contracts import AttackStats
 from .findings import render as render_findings
-from .runner import RunResult
-from .store import atomic_write_json, atomic_write_text
 
-SCHEMA = "avharness/report@1"
-
-
-def cell_id(c: dict) -> str:
-    return f"{c['model']}/{c['defense']}/{c['attack']}/{c['threat']}/{c['step']}"
-
-
-def environment(device) -> dict:
-    env = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "avharness": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda":
-        env["cuda"] = torch.version.cuda
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
-
-
-def build_report(res: RunResult, started: str) -> dict:
-    s = res.suite
-    ds = res.dataset
-    cells = []
-    for c in res.cells:
-        acc = _accuracies(c)
-        cells.append({
-            "id": cell_id(c), "key": c["key"], "model": c["model"], "defense": c["defense"], "attack": c["attack"],
-            "threat": c["threat"], "step": c["step"], "norm": c["norm"], "canonical": c["canonical"],
-            # an unbounded budget's eps is infinite: null, as in the stored cell, whether fresh or reused
-            "eps": {m: (None if e is None or e == float("inf") else e) for m, e in c["eps"].items()},
-            "n": c["n"], "clean_accuracy": acc[0], "robust_accuracy": acc[1],
-            "achieved": c.get("achieved", {}),
-            "metrics": c["metrics"], "higher_is_better": c["higher_is_better"],
-            "attack_stats": c.get("attack_stats", {}),
-            "success_rule": c.get("success_rule"),
-            **({"details": c["details"]} if c.get("details") else {}),
-            "wall_s": c["wall_s"], "reused": c["reused"],
-        })
-    return {
-        "schema": SCHEMA,
-        "started": started,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"name": s.name, "version": s.version, "path": s.path, "sha256": s.sha256, "config": s.resolved},
-        "seeds": {
-            "global": s.seed,
-            "derivation": "sha256 of (seed, purpose, ...): training per checkpoint key; attack random starts "
-                          "per (attack, threat, sample id, modality, restart)",
-        },
-        "environment": environment(res.device),
-        "plugins": res.registry.distributions(),
-        "plugin_failures": [{"entry_point": e, "dist": d, "error": err} for e, d, err in res.registry.failures],
-        "data": {
-            "plugin": s.data.plugin, "params": s.data.params, "task": ds.task.to_dict(),
-            "specs": {m: sp.to_dict() for m, sp in ds.specs.items()},
-            "splits": {sp: {"n": ds.size(sp), "manifest_sha256": res.manifests[sp]} for sp in ds.splits()},
-            "manifest_sha256": res.manifests[s.eval_split],
-            "eval": {"split": s.eval_split, "n_original": res.eval_n_original, "n_effective": res.eval_n},
-            "info": ds.info(),
-        },
-        "models": [
-            {
-                "name": t.spec.name, "plugin": t.spec.plugin, "params": t.spec.params, "defense": t.defense.name,
-                "modalities": list(t.model.modalities), "n_parameters": sum(p.numel() for p in t.model.parameters()),
-                "checkpoint": str(t.folder), "key": t.key, "reused": t.reused, "fit": t.fit,
-                # the weights it started from (path, sha256, key map), when a suite gave a checkpoint
-                "weights": t.fit.get("init"),
-                "metrics": t.metrics,
-            }
-            for t in res.trained
-        ],
-        "skipped": res.skipped,
-        "checks": [ch for t in res.trained for ch in model_checks(f"{t.spec.name}/{t.defense.name}", t.probe)]
-                  + cell_checks([{**c, "samples": raw["samples"]} for c, raw in zip(cells, res.cells)], res.iterative,
-                              res.gradient_free),
-        "cells": cells,
-        "metric_predicts_robustness": predictions(res),
-        "per_sample": "samples.jsonl",
-        "stages": res.stages,
-    }
-
-
-def per_class_drop(samples: list[dict], num_classes: int) -> dict[str, float]:
-    """Per class: clean accuracy minus robust accuracy over the samples of that class."""
-    clean, robust, count = [0] * num_classes, [0] * num_classes, [0] * num_classes
-    for x in samples:
-        for c in (x["target"] if isinstance(x["target"], list) else [x["target"]]):
-            count[c] += 1
-            clean[c] += x["clean_correct"]
-            robust[c] += x["robust"]
-    return {str(c): (clean[c] - robust[c]) / count[c] for c in range(num_classes) if count[c]}
-
-
-def predictions(res: RunResult) -> list[dict]:
-    """Spearman correlation of every per-class model metric with each class's robust-accuracy drop.
-
-    The drop is taken at each (attack, threat)'s strongest budget, where attacks differ most. A
-    metric that predicts robustness correlates negatively (a better-shaped class loses less).
-    """
-    from scipy.stats import spearmanr
-
-    k = res.dataset.task.num_classes
-    out = []
-    for t in res.trained:
-        series = {(name, s): v for name, r in t.metrics.items() for s, v in (r.get("per_class") or {}).items()}
-        if not series:
-            continue
-        mine = [c for c in res.cells if (c["model"], c["defense"]) == (t.spec.name, t.defense.name)]
-        for attack, threat in dict.fromkeys((c["attack"], c["threat"]) for c in mine):
-            cs = [c for c in mine if (c["attack"], c["threat"]) == (attack, threat)]
-            top = max(cs, key=lambda c: c["step"])
-            drop = per_class_drop(top["samples"], k)
-            for (metric, name), values in series.items():
-                common = [c for c in drop if values.get(c) is not None and values[c] == values[c]]
-                rho = p = float("nan")
-                if len(common) >= 3 and len({values[c] for c in common}) > 1 and len({drop[c] for c in common}) > 1:
-                    r = spearmanr([values[c] for c in common], [drop[c] for c in common])
-                    rho, p = float(r.statistic), float(r.pvalue)
-                out.append({"model": t.spec.name, "defense": t.defense.name, "metric": metric, "series": name,
-                            "attack": attack, "threat": threat, "step": top["step"], "n_classes": len(common),
-                            "spearman_rho": rho, "p_value": p})
-    return out
-
-
-def _accuracies(c: dict) -> tuple[float, float]:
-    n = max(len(c["samples"]), 1)
-    return (sum(x["clean_correct"] for x in c["samples"]) / n, sum(x["robust"] for x in c["samples"]) / n)
-
-
-def write_report(res: RunResult, out_dir: str | Path, started: str, extra_stages: dict | None = None) -> dict:
-    out_dir = Path(out_dir)
-    report = build_report(res, started)
-    if extra_stages:
-        report["stages"].update(extra_stages)
-    lines = []
-    for c in res.cells:
-        for x in c["samples"]:
-            lines.append(json.dumps({"cell": cell_id(c), **x}))
-    report["findings"] = findings(report)
-    atomic_write_text(out_dir / "samples.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-    atomic_write_text(out_dir / "report.md", render_markdown(report))
-    atomic_write_json(out_dir / "report.json", report)  # last: its presence means the report is whole
-    return report
-
-
-# ----------------------------------------------------------------------------- Markdown
+SUFFIX = AttackStats.STAGE_ROBUST_SUFFIX
 
 def _pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}"
@@ -233,11 +67,12 @@ def _paired_metric_tables(cells: list[dict], attacks: list[str], threats: list[s
     return md
 
 
-def render_markdown(r: dict) -> str:
+def header(r: dict) -> list[str]:
+    """Title, provenance and how to read the numbers."""
     s = r["suite"]
     env = r["environment"]
     data = r["data"]
-    md = [
+    return [
         f"# avharness report: {s['name']} (suite v{s['version']})",
         "",
         f"- seed {r['seeds']['global']}; suite sha256 `{s['sha256'][:16]}`; data manifest `{data['manifest_sha256'][:16]}`",
@@ -255,13 +90,21 @@ def render_markdown(r: dict) -> str:
         + ". Accuracies are percentages.",
         "",
     ]
-    cells = r["cells"]
-    attacks = list(dict.fromkeys(c["attack"] for c in cells))
-    threats = list(dict.fromkeys(c["threat"] for c in cells))
 
+
+def findings_section(r: dict) -> list[str]:
+    """The papers' questions, answered from this run."""
+    md = []
     if r.get("findings"):
         md += render_findings(r["findings"])
+    return md
 
+
+def summary(r: dict) -> list[str]:
+    """Clean vs robust accuracy per model and threat, at the strongest budget."""
+    md = []
+    cells = r["cells"]
+    threats = list(dict.fromkeys(c["threat"] for c in cells))
     md += ["## Clean vs robust accuracy, by model and threat", ""]
     md += ["Robust accuracy at each threat's strongest budget, worst case over the suite's attacks.", ""]
     rows = []
@@ -281,9 +124,23 @@ def render_markdown(r: dict) -> str:
         rows.append(row)
     md += _table(["model", "defense", "reads", "clean"] + [f"{t}" for t in threats], rows) + [""]
 
+    return md
+
+
+def sweep_tables(r: dict) -> list[str]:
+    """Per (attack, threat): accuracy at every budget of the sweep, then the paired metric tables."""
+    md = []
+    cells = r["cells"]
+    attacks = list(dict.fromkeys(c["attack"] for c in cells))
+    threats = list(dict.fromkeys(c["threat"] for c in cells))
     md += _sweep_tables(cells, attacks, threats, lambda c: c["clean_accuracy"], lambda c: c["robust_accuracy"], _pct)
     md += _paired_metric_tables(cells, attacks, threats)
+    return md
 
+
+def predictions_section(r: dict) -> list[str]:
+    """Spearman correlations of latent metrics with per-class robustness drops."""
+    md = []
     if r["metric_predicts_robustness"]:
         md += ["## Do latent metrics predict robustness?", "",
                "Spearman ρ between each class's metric value and its robust-accuracy drop at the strongest budget "
@@ -305,6 +162,12 @@ def render_markdown(r: dict) -> str:
             ["model", "defense", "metric", "series", "class mean", "ρ vs drop (p)"], rows
         ) + [""]
 
+    return md
+
+
+def models_section(r: dict) -> list[str]:
+    """The trained or loaded models, their size and training time."""
+    md = []
     md += ["## Models", ""]
     rows = []
     for m in r["models"]:
@@ -321,6 +184,13 @@ def render_markdown(r: dict) -> str:
         )
     md += _table(["model", "plugin", "defense", "parameters", "training s", "reused"], rows) + [""]
 
+    return md
+
+
+def cells_section(r: dict) -> list[str]:
+    """Every cell with every metric value."""
+    md = []
+    cells = r["cells"]
     metric_names = list(dict.fromkeys(k for c in cells for k in c["metrics"]))
     if cells:
         md += ["## All cells", ""]
@@ -335,6 +205,12 @@ def render_markdown(r: dict) -> str:
             rows,
         ) + [""]
 
+    return md
+
+
+def checks_section(r: dict) -> list[str]:
+    """The validity checks, listing those that do not pass."""
+    md = []
     md += ["## Validity checks", ""]
     failed = [c for c in r["checks"] if c["status"] != "pass"]
     md.append(
@@ -358,7 +234,14 @@ def render_markdown(r: dict) -> str:
             ],
         ) + [""]
 
-    staged = [c for c in cells if any(k.endswith("/robust_after") for k in c["attack_stats"])]
+    return md
+
+
+def stages_section(r: dict) -> list[str]:
+    """Per-stage robust accuracy of cascades (ensembles)."""
+    md = []
+    cells = r["cells"]
+    staged = [c for c in cells if any(k.endswith(SUFFIX) for k in c["attack_stats"])]
     if staged:
         md += [
             "## Attack stages",
@@ -370,19 +253,25 @@ def render_markdown(r: dict) -> str:
         rows = []
         for c in staged:
             st = c["attack_stats"]
-            stages_ = [k[: -len("/robust_after")] for k in st if k.endswith("/robust_after")]
+            stages_ = [k[: -len(SUFFIX)] for k in st if k.endswith(SUFFIX)]
             rows.append(
                 [
                     c["id"],
                     _eps_label(c),
                     " → ".join(
-                        f"{s_}: {_pct(st[s_ + '/robust_after'] / c['n'])}" for s_ in stages_
+                        f"{s_}: {_pct(st[s_ + SUFFIX] / c['n'])}" for s_ in stages_
                     ),
                     f"{st.get('forward_samples', 0):.0f}",
                 ]
             )
         md += _table(["cell", "budget", "robust after each stage", "forward samples"], rows) + [""]
 
+    return md
+
+
+def skipped_section(r: dict) -> list[str]:
+    """The (model, attack, threat) combinations the run skipped, and why."""
+    md = []
     if r["skipped"]:
         md += ["## Skipped", ""]
         seen = set()
@@ -398,6 +287,20 @@ def render_markdown(r: dict) -> str:
                 md.append(f"- {who}: {sk['reason']}")
         md.append("")
 
+    return md
+
+
+def wall_time(r: dict) -> list[str]:
+    """Wall time per stage."""
+    md = []
     md += ["## Wall time per stage (s)", ""]
     md += _table(list(r["stages"]), [[f"{v:.1f}" for v in r["stages"].values()]]) + [""]
-    return "\n".join(md)
+    return md
+
+
+SECTIONS = (header, findings_section, summary, sweep_tables, predictions_section, models_section, cells_section,
+            checks_section, stages_section, skipped_section, wall_time)
+
+
+def render_markdown(r: dict) -> str:
+    return "\n".join(line for section in SECTIONS for line in section(r))

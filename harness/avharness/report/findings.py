@@ -17,16 +17,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 
-def measure(report: dict) -> tuple[str, str]:
-    """(label, metric key) the findings compare models by.
+def measure(cells: list[dict], headline: dict | None) -> tuple[str, str]:
+    """(label, value key) the findings compare models by.
 
-    Robust accuracy, except for multi-label tasks: exact match of every tag is near zero for any
-    AudioSet model even when clean, so when the suite reports mAP (the ``tagging`` metric) the
-    findings use robust mAP instead.
+    Robust accuracy, unless a metric of the run declares a headline value for the task kind and
+    every cell has it. (Multi-label tasks: exact match of every tag is near zero for any AudioSet
+    model even when clean, so the ``tagging`` metric declares robust mAP as the headline.)
     """
-    if report["data"]["task"]["kind"] == "multilabel" and report["cells"] and all(
-            c["metrics"].get("robust_map") is not None for c in report["cells"]):  # NaN is stored as null
-        return "robust mAP", "robust_map"
+    if headline and cells and all(c["metrics"].get(headline["value"]) is not None for c in cells):  # NaN → null
+        return headline["label"], headline["value"]
     return "robust accuracy", "robust_accuracy"
 
 
@@ -52,10 +51,11 @@ def _attacked(c):
     return any(e is None or e > 0 for e in c["eps"].values())
 
 
-def findings(report: dict) -> list[dict]:
-    models = {(m["name"], m["defense"]): m for m in report["models"]}
-    label, key = measure(report)
-    worst = [c for c in _worst(report["cells"], key).values() if _attacked(c)]
+def findings(cells: list[dict], models: list[dict], predictions: list[dict], headline: dict | None = None) -> list[dict]:
+    """The papers' questions answered from the run's cell records, model records and metric predictions."""
+    models = {(m["name"], m["defense"]): m for m in models}
+    label, key = measure(cells, headline)
+    worst = [c for c in _worst(cells, key).values() if _attacked(c)]
     out = []
 
     # 1. fused vs uni-modal, at matched attacker power
@@ -95,7 +95,7 @@ def findings(report: dict) -> list[dict]:
                     "rows": []})
 
     # 2. latent metrics as predictors
-    preds = [p for p in report.get("metric_predicts_robustness", []) if p["spearman_rho"] is not None
+    preds = [p for p in predictions if p["spearman_rho"] is not None
              and p["spearman_rho"] == p["spearman_rho"]]
     if preds:
         sig = [p for p in preds if p["p_value"] is not None and p["p_value"] < 0.05]

@@ -1,0 +1,395 @@
+"""Executing a plan (``plan.py``) on this machine: train or load each unit, then run its cells.
+
+Finished checkpoints and cells go to the run's store as soon as they exist, under the keys the
+plan computed, so a second run reuses them and an interrupted run resumes. ``LocalExecutor`` walks
+the plan in order in this process; another executor (e.g. a distributed one) may run the same plan's
+units and cells elsewhere, as long as it writes the same store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .components import build_component
+from .contracts import AttackOutput, Evidence, FitContext, ModelEvidence
+from .errors import NumericalError, UserError
+from .model import AVModel, load_model, model_spec, save_model
+from .plan import STORE_FORMAT, Plan, PlannedCell, Unit, check_batch, compile_plan
+from .plugins import Registry
+from .progress import Reporter
+from .report.checks import BUDGET_SLACK, probe_model
+from .report.records import CellRecord, make_cell
+from .seeding import SampleRNG, seed_everything
+from .store import Store, atomic_write_json, ensure_writable
+from .success import resolve_rule
+from .suite import Suite, _Where, sha256_json
+from .weights import checkpoint_path, load_weights
+
+
+@dataclass
+class Trained:
+    unit: Unit
+    model: AVModel
+    fit: dict
+    reused: bool
+    folder: Path
+    clean_logits: torch.Tensor | None = None
+    probe: dict = field(default_factory=dict)
+    #: model-scope metric name -> its result
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        return self.unit.model
+
+    @property
+    def defense(self):
+        return self.unit.defense
+
+    @property
+    def key(self) -> str:
+        return self.unit.key
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    trained: list[Trained] = field(default_factory=list)
+    cells: list[CellRecord] = field(default_factory=list)
+    stages: dict = field(default_factory=dict)
+
+    # what the report reads of the plan, under the names it has always used
+    suite = property(lambda self: self.plan.suite)
+    registry = property(lambda self: self.plan.registry)
+    dataset = property(lambda self: self.plan.dataset)
+    device = property(lambda self: self.plan.device)
+    eval_n = property(lambda self: self.plan.eval_n)
+    eval_n_original = property(lambda self: self.plan.eval_n_original)
+    manifests = property(lambda self: self.plan.manifests)
+    skipped = property(lambda self: self.plan.skipped)
+    iterative = property(lambda self: self.plan.iterative)
+    gradient_free = property(lambda self: self.plan.gradient_free)
+
+
+class Stages:
+    """Wall time per stage (seconds), summed over repeated entries."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+
+
+def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limit: int | None = None,
+              reporter: Reporter | None = None, registry: Registry | None = None) -> RunResult:
+    """Compile the suite into a plan and run it here (the local executor)."""
+    stages = Stages()
+    started = time.perf_counter()
+    out_dir = ensure_writable(out_dir)
+    with stages("plan"):
+        plan = compile_plan(suite, registry, device, limit, log=(reporter or Reporter(enabled=False)).log)
+    return LocalExecutor(Store(out_dir / "store"), reporter, stages).run(plan, started)
+
+
+class LocalExecutor:
+    """Runs a plan's units and cells one after the other in this process."""
+
+    def __init__(self, store: Store, reporter: Reporter | None = None, stages: Stages | None = None):
+        self.store = store
+        self.reporter = reporter or Reporter(enabled=False)
+        self.stages = stages or Stages()
+
+    def run(self, plan: Plan, started: float | None = None) -> RunResult:
+        started = time.perf_counter() if started is None else started
+        stages, result = self.stages, RunResult(plan)
+        for unit in plan.units:
+            with stages("train"):
+                tr = train_or_load(plan, unit, self.store, self.reporter)
+            result.trained.append(tr)
+            with stages("checks"):
+                suite = plan.suite
+                first = next(iter(plan.dataset.batches(suite.eval_split, min(suite.batch_size, plan.eval_n),
+                                                       limit=plan.eval_n)))
+                tr.probe = probe_model(tr.model, plan.dataset.task, first.to(plan.device))
+            if plan.model_metrics:
+                with stages("model_metrics"):
+                    _model_metrics(plan, tr, self.store, self.reporter)
+            for pc in plan.cells_of(unit):
+                stored = self.cell(plan, tr, pc)
+                result.cells.append(make_cell(stored, model=unit.model.name, defense=unit.defense.name,
+                                              attack=pc.attack.name, threat=pc.threat_spec.name))
+        stages.times["total"] = time.perf_counter() - started
+        result.stages = {f"{k}_s": round(v, 3) for k, v in stages.times.items()}
+        return result
+
+    def cell(self, plan: Plan, tr: Trained, pc: PlannedCell) -> dict:
+        """One cell from the store, or computed and stored."""
+        cell = self.store.load_cell(pc.key)
+        if cell is not None:
+            cell["reused"] = True
+            return cell
+        if tr.clean_logits is None:
+            with self.stages("clean"):
+                tr.clean_logits = _clean_pass(plan, tr)
+        with self.stages("attack"):
+            attack = pc.attack_impl
+            if hasattr(attack, "prepare"):  # attacks fitted before use (e.g. universal perturbations)
+                attack = attack.prepare(tr.model, plan.dataset, pc.threat, plan.dataset.task, plan.suite.eval_split)
+            cell = _attack_cell(plan, tr, pc, attack, self.reporter)
+        cell["key"] = pc.key
+        self.store.save_cell(pc.key, cell)
+        cell["reused"] = False
+        return cell
+
+
+def eval_task(suite, task):
+    """The dataset's task with the suite's label threshold (a probability) as a logit."""
+    if suite.threshold is None:
+        return task
+    return dataclasses.replace(task, threshold=math.log(suite.threshold / (1 - suite.threshold)))
+
+
+def train_or_load(plan: Plan, unit: Unit, store: Store, reporter: Reporter) -> Trained:
+    suite, dataset, dev = plan.suite, plan.dataset, plan.device
+    w = _Where(suite.path)
+    mspec, dspec = unit.model, unit.defense
+    folder = store.model_dir(unit.key)
+    if store.has_model(unit.key):
+        try:
+            model = load_model(folder).to(dev).eval()
+            fit = json.loads((folder / "fit.json").read_text())
+            reporter.log(f"model {unit.label}: reusing checkpoint {folder}")
+            return Trained(unit, model, fit, True, folder)
+        except Exception as exc:  # a damaged checkpoint is retrained, not fatal: nothing is lost
+            reporter.log(f"model {unit.label}: checkpoint {folder} is unreadable ({type(exc).__name__}: {exc}); retraining")
+
+    seed_everything(unit.fit_seed)
+    model = build_component(w, mspec, plan.registry, task=dataset.task, specs=dataset.specs)
+    loaded = None
+    if unit.init:
+        try:
+            loaded = load_weights(model, checkpoint_path(w, mspec), key_map=mspec.load.get("key_map"))
+        except UserError as exc:
+            raise w.error(f"{mspec.where}.checkpoint", mspec.lines.get("checkpoint", mspec.lines[""]), str(exc)) from None
+        reporter.log(f"model {unit.label}: weights from {loaded['path']} (sha256 {loaded['sha256'][:12]})")
+    model.to(dev).train()
+    ctx = FitContext(device=dev, seed=unit.fit_seed, progress=reporter.task, log=reporter.log)
+    t = time.perf_counter()
+    fit = dict(unit.defense_impl.fit(model, dataset, ctx) or {})
+    fit.setdefault("wall_s", round(time.perf_counter() - t, 3))
+    fit["defense"] = dspec.identity()
+    if loaded:
+        fit["init"] = loaded  # the weights it started from: path, sha256, key map, keys left out
+    model.eval()
+    save_model(model, model_spec(mspec.plugin, mspec.params, dataset.task, dataset.specs), folder)
+    atomic_write_json(folder / "fit.json", fit)  # written last: marks the checkpoint complete
+    trains = getattr(unit.defense_impl, "trains", True)
+    reporter.log(f"model {unit.label}: " + (f"trained in {fit['wall_s']:.1f}s" if trains else "evaluated as loaded"))
+    return Trained(unit, model, fit, False, folder)
+
+
+def _model_metrics(plan: Plan, tr: Trained, store: Store, reporter: Reporter) -> None:
+    suite, dataset, dev = plan.suite, plan.dataset, plan.device
+    cache: dict[str, tuple] = {}
+
+    @torch.no_grad()
+    def latents(split: str):
+        if split not in cache:
+            limit = plan.eval_n if split == suite.eval_split else None
+            parts, targets, ids = {}, [], []
+            for batch in dataset.batches(split, suite.batch_size, limit=limit):
+                for name, z in tr.model.embed(batch.to(dev).inputs).items():
+                    parts.setdefault(name, []).append(z.float().cpu())
+                targets.append(batch.target.cpu())
+                ids.extend(batch.ids)
+            cache[split] = ({k: torch.cat(v) for k, v in parts.items()}, torch.cat(targets), ids)
+        return cache[split]
+
+    ev = ModelEvidence(task=dataset.task, model=tr.model, seed=suite.seed, eval_split=suite.eval_split, latents=latents)
+    for mspec, metric in plan.model_metrics:
+        key = sha256_json(
+            {"format": STORE_FORMAT, "train": tr.key, "metric": mspec.identity(), "eval": plan.eval_id, "seed": suite.seed}
+        )[:20]
+        path = store.root / "model_metrics" / f"{key}.json"
+        if path.exists():
+            tr.metrics[mspec.name] = json.loads(path.read_text())
+            continue
+        reporter.log(f"model {tr.spec.name}: {mspec.name}")
+        t = time.perf_counter()
+        result = dict(metric.compute_model(ev))
+        result["wall_s"] = round(time.perf_counter() - t, 3)
+        result["higher_is_better"] = dict(metric.higher_is_better)
+        atomic_write_json(path, result)
+        tr.metrics[mspec.name] = json.loads(path.read_text())  # as stored: NaN -> null, int keys -> str
+
+
+def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(t).all():
+        raise NumericalError(f"{what} contain NaN or inf; check the model's inputs, weights and training loss")
+    return t
+
+
+@torch.no_grad()
+def _clean_pass(plan: Plan, tr: Trained) -> torch.Tensor:
+    suite, out = plan.suite, []
+    for batch in plan.dataset.batches(suite.eval_split, suite.batch_size, limit=plan.eval_n):
+        check_batch(batch, plan.dataset, suite.data.plugin)
+        out.append(tr.model(batch.to(plan.device).inputs).float().cpu())
+    return _finite(torch.cat(out), f"clean logits of model {tr.spec.name!r}")
+
+
+def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Reporter) -> dict:
+    """Attack every evaluated sample, then score the cell: metrics, per-sample outcomes, budgets used."""
+    suite, threat = plan.suite, pc.threat
+    task = eval_task(suite, plan.dataset.task)
+    t0 = time.perf_counter()
+    ids, targets, adv_logits, stats, attack_stats = _attack_batches(plan, tr, pc, attack, task, reporter)
+    label = f"{pc.attack.name} {pc.threat_spec.name} eps#{pc.step} on {tr.spec.name}"
+    adv_logits = _finite(torch.cat(adv_logits), f"adversarial logits of model {tr.spec.name!r} under {label}")
+    ev = Evidence(
+        task=task,
+        ids=ids,
+        target=torch.cat(targets),
+        clean_logits=tr.clean_logits,
+        adv_logits=adv_logits,
+        threat=threat,
+        perturbation={m: {k: torch.cat(v) for k, v in s.items()} for m, s in stats.items()},
+        success_rule=suite.success,
+        success_margin=suite.success_margin,
+    )
+    values, directions, details = _metric_values(plan, ev)
+    return {
+        "step": pc.step,
+        "eps": {m: b.eps for m, b in threat.budgets.items()},
+        "norm": {m: b.norm for m, b in threat.budgets.items()},
+        "canonical": threat.canonical(),
+        "n": len(ids),
+        "success_rule": resolve_rule(task, suite.success),
+        # the largest achieved perturbation per modality in its own norm (the budget check's evidence)
+        "achieved": {
+            m: float(ev.perturbation[m]["linf" if b.norm == "linf" else "l2"].max()) if ids else 0.0
+            for m, b in threat.budgets.items()
+            if b.norm != "none"
+        },
+        "metrics": values,
+        "higher_is_better": directions,
+        **({"details": details} if details else {}),
+        "attack_stats": attack_stats,
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "samples": _samples(task, ev),
+    }
+
+
+def _attack_batches(plan: Plan, tr: Trained, pc: PlannedCell, attack, task, reporter: Reporter):
+    """Perturb the evaluated samples batch by batch, refusing any result that breaks the threat model."""
+    suite, threat, dev = plan.suite, pc.threat, plan.device
+    ids, targets, adv_logits = [], [], []
+    stats = {m: {"linf": [], "l2": [], "signal_l2": []} for m in threat.modalities}
+    attack_stats: dict[str, float] = {}
+    rng_key = f"{sha256_json(pc.attack.identity())[:12]}|{threat.canonical()}"
+    label = f"{pc.attack.name} {pc.threat_spec.name} eps#{pc.step} on {tr.spec.name}"
+    advance = reporter.task(label, (plan.eval_n + suite.batch_size - 1) // suite.batch_size)
+    for batch in plan.dataset.batches(suite.eval_split, suite.batch_size, limit=plan.eval_n):
+        check_batch(batch, plan.dataset, suite.data.plugin)
+        batch = batch.to(dev)
+        clean = {k: v for k, v in batch.inputs.items()}
+        snapshot = {k: v.clone() for k, v in clean.items()}
+        adv = attack.perturb(tr.model, clean, batch.target, threat, task, SampleRNG(suite.seed, rng_key, batch.ids))
+        if isinstance(adv, AttackOutput):
+            for k, v in adv.stats.items():
+                attack_stats[k] = attack_stats.get(k, 0) + float(v)
+            adv = adv.inputs
+        _verify(pc.attack.name, threat, snapshot, clean, adv, tr.model.modalities)
+        with torch.no_grad():
+            adv_logits.append(tr.model(adv).float().cpu())
+        ids.extend(batch.ids)
+        targets.append(batch.target.cpu())
+        for m in threat.modalities:
+            delta = (adv[m] - snapshot[m]).flatten(1).double()
+            stats[m]["linf"].append(delta.abs().amax(1).cpu())
+            stats[m]["l2"].append(delta.norm(dim=1).cpu())
+            stats[m]["signal_l2"].append(snapshot[m].flatten(1).double().norm(dim=1).cpu())
+        advance()
+    return ids, targets, adv_logits, stats, attack_stats
+
+
+def _metric_values(plan: Plan, ev: Evidence) -> tuple[dict, dict, dict]:
+    values, directions, details = {}, {}, {}
+    for mspec, metric in plan.metrics:
+        out = metric.compute(ev)
+        clash = sorted(set(out) & set(values))
+        if clash:
+            raise UserError(
+                f"metric {mspec.name!r} reports {', '.join(clash)}, which an earlier metric of the suite "
+                "already reported; list each metric once (its parameters choose the variant)"
+            )
+        values.update({k: float(v) for k, v in out.items()})
+        directions.update(metric.higher_is_better)
+        if hasattr(metric, "details"):  # per-class breakdowns and the like, kept beside the values
+            details[mspec.name] = metric.details(ev)
+    return values, directions, details
+
+
+def _samples(task, ev: Evidence) -> list[dict]:
+    clean_ok, robust_ok = ev.clean_correct, ev.robust_correct
+    attackable, success = ev.attackable, ev.success
+    clean_pred, adv_pred = task.predict(ev.clean_logits), task.predict(ev.adv_logits)
+    return [
+        {
+            "id": sid,
+            "target": _pred(ev.target[i]) if task.kind == "multilabel" else int(ev.target[i]),
+            "clean_pred": _pred(clean_pred[i]),
+            "adv_pred": _pred(adv_pred[i]),
+            "clean_correct": bool(clean_ok[i]),
+            "robust": bool(robust_ok[i]),
+            # null where the success rule does not apply (multiclass: the clean prediction was wrong)
+            "success": bool(success[i]) if bool(attackable[i]) else None,
+        }
+        for i, sid in enumerate(ev.ids)
+    ]
+
+
+def _pred(p: torch.Tensor):
+    return int(p) if p.dim() == 0 else [int(i) for i in p.nonzero().flatten()]
+
+
+def _verify(attack: str, threat, snapshot, clean, adv, model_modalities) -> None:
+    """Refuse a result that breaks the threat model: a wrong robustness number is worse than none."""
+    for m, x in snapshot.items():
+        if not torch.equal(clean[m], x):
+            raise RuntimeError(f"attack {attack!r} modified its input tensor {m!r} in place (a plugin bug)")
+        if m not in adv or adv[m].shape != x.shape:
+            raise RuntimeError(f"attack {attack!r} returned no {m!r} input of shape {tuple(x.shape)} (a plugin bug)")
+        if m not in threat.budgets:
+            if not torch.equal(adv[m], x):
+                raise RuntimeError(
+                    f"attack {attack!r} changed modality {m!r}, which the threat does not allow (a plugin bug)"
+                )
+            continue
+        b = threat.budgets[m]
+        delta = (adv[m] - x).flatten(1).double()
+        size = delta.abs().amax(1) if b.norm == "linf" else delta.norm(dim=1)
+        slack = BUDGET_SLACK * max(b.eps, 1.0)  # float32 rounding of x + delta
+        if b.norm != "none" and (b.eps == 0 and not torch.equal(adv[m], x) or (size > b.eps + slack).any()):
+            raise RuntimeError(
+                f"attack {attack!r} exceeded its {b.norm} budget {b.eps:g} on {m!r} "
+                f"(max {float(size.max()):.6g}; a plugin bug)"
+            )
+        if (adv[m] < b.bounds[0]).any() or (adv[m] > b.bounds[1]).any():
+            raise RuntimeError(f"attack {attack!r} left the valid range {list(b.bounds)} of {m!r} (a plugin bug)")
+        if not torch.isfinite(adv[m]).all():
+            raise NumericalError(f"attack {attack!r} produced NaN/inf in {m!r}")

@@ -1,0 +1,252 @@
+"""A suite compiled into a plan: the training units and the cells, each with its store key.
+
+``compile_plan`` resolves and builds every plugin, reads the dataset's manifests and checks a first
+batch of every split, builds each model once to learn which modalities it reads, and raises every
+error the suite can cause before anything is trained or attacked. An executor (``executor.py``:
+the local one; a distributed one would consume the same plan) then runs the units and cells.
+
+Keys are sha256 hashes of everything that determines a result, so a rerun finds finished work in
+the store: a training unit by (model plugin and parameters, starting checkpoint bytes, defense,
+data manifests, seed); a cell by (training unit, attack, threat budget, evaluated samples, seed,
+metrics, evaluation rules).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .components import build_component, check_plugins
+from .data import Dataset
+from .errors import UserError
+from .model import AVModel
+from .plugins import Registry, get_registry
+from .seeding import derive_seed
+from .suite import PluginSpec, Suite, ThreatSpec, _Where, sha256_json
+from .threat import ThreatModel
+from .weights import checkpoint_path, file_sha256
+
+#: bump when the meaning of a stored cell or checkpoint changes, so old ones are not reused
+STORE_FORMAT = 3
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for but no CUDA device is available; use --device cpu (or auto)")
+    if requested not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    return torch.device(requested)
+
+
+@dataclass
+class Unit:
+    """One training (or checkpoint-loading) unit: a model under a defense."""
+
+    model: PluginSpec
+    defense: PluginSpec
+    defense_impl: object
+    key: str
+    #: the training seed: derived from what is trained, never from STORE_FORMAT
+    fit_seed: int
+    #: the starting checkpoint (sha256, key map), when the suite gives one
+    init: dict | None
+    modalities: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} ({self.defense.name})"
+
+
+@dataclass
+class PlannedCell:
+    """One cell: a unit's model attacked by one attack at one step of one threat's sweep."""
+
+    unit: Unit
+    attack: PluginSpec
+    attack_impl: object
+    threat_spec: ThreatSpec
+    step: int
+    threat: ThreatModel
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.unit.model.name}/{self.unit.defense.name}/{self.attack.name}/{self.threat_spec.name}/{self.step}"
+
+
+@dataclass
+class Plan:
+    suite: Suite
+    registry: Registry
+    dataset: Dataset
+    device: torch.device
+    eval_n: int
+    eval_n_original: int
+    manifests: dict
+    #: cell-scope metrics [(spec, metric)] and model-scope ones (latent geometry, once per unit)
+    metrics: list
+    model_metrics: list
+    units: list[Unit] = field(default_factory=list)
+    cells: list[PlannedCell] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    #: attack name -> whether it iterates (None: the plugin does not say), for the validity checks
+    iterative: dict = field(default_factory=dict)
+    gradient_free: dict = field(default_factory=dict)
+    #: per task kind, the value findings compare models by, as a metric declared it (``headline``)
+    headline: dict = field(default_factory=dict)
+
+    @property
+    def eval_id(self) -> dict:
+        return {"split": self.suite.eval_split, "n": self.eval_n, "manifest": self.manifests[self.suite.eval_split]}
+
+    def cells_of(self, unit: Unit) -> list[PlannedCell]:
+        return [c for c in self.cells if c.unit is unit]
+
+    def describe(self, store=None) -> list[str]:
+        """Lines for ``avharness validate --plan``: units and cells, what the store already holds, skips."""
+        have_units = {u.key for u in self.units if store is not None and store.has_model(u.key)}
+        have_cells = {c.key for c in self.cells if store is not None and store.has_cell(c.key)}
+        lines = [f"{len(self.units)} training units ({len(have_units)} in the store), "
+                 f"{len(self.cells)} cells ({len(have_cells)} in the store), {len(self.skipped)} skipped; "
+                 f"{self.eval_n} samples of split {self.suite.eval_split!r}"]
+        for u in self.units:
+            mine = self.cells_of(u)
+            done = sum(c.key in have_cells for c in mine)
+            lines.append(f"  unit {u.label} [{u.key}] {'stored' if u.key in have_units else 'to train'}"
+                         f"{' from a checkpoint' if u.init else ''}: {len(mine)} cells, {done} stored")
+            for c in mine:
+                lines.append(f"    cell {c.attack.name} × {c.threat_spec.name} step {c.step} "
+                             f"({c.threat.canonical()}) [{c.key}] {'stored' if c.key in have_cells else 'to run'}")
+        for s in self.skipped:
+            lines.append(f"  skipped {s['model']} ({s['defense']}) × {s['attack']} × {s['threat']}: {s['reason']}")
+        return lines
+
+
+def compile_plan(suite: Suite, registry: Registry | None = None, device: str | None = None,
+                 limit: int | None = None, log=lambda msg: None) -> Plan:
+    """Every plugin built, every key computed and every suite error raised; nothing trained or attacked."""
+    w = _Where(suite.path)
+    registry = registry or get_registry()
+    parts = check_plugins(suite, registry)
+    dataset = parts.dataset
+    dev = resolve_device(device or suite.device)
+    if suite.eval_split not in dataset.splits():
+        raise w.error("eval.split", 0,
+                      f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
+    log(f"data: {suite.data.plugin} (building or loading its cache)")
+    manifests = {s: dataset.manifest(s) for s in dataset.splits()}
+    for split in dataset.splits():  # before any training: a malformed dataset is a clear error
+        check_batch(next(iter(dataset.batches(split, 2))), dataset, suite.data.plugin)
+    n_original = dataset.size(suite.eval_split)
+    limit = limit if limit is not None else suite.limit
+    eval_n = min(n_original, limit) if limit else n_original
+
+    plan = Plan(suite, registry, dataset, dev, eval_n, n_original, manifests,
+                metrics=[(m, x) for m, x in parts.metrics if getattr(x, "scope", "cell") != "model"],
+                model_metrics=[(m, x) for m, x in parts.metrics if getattr(x, "scope", "cell") == "model"])
+    plan.iterative = {a.name: getattr(attack, "iterative", None) for a, attack in parts.attacks}
+    plan.gradient_free = {a.name: bool(getattr(attack, "gradient_free", False)) for a, attack in parts.attacks}
+    for _, metric in parts.metrics:
+        for kind, value in (getattr(metric, "headline", None) or {}).items():
+            plan.headline.setdefault(kind, value)
+
+    for mspec in suite.models:
+        modalities = _model_modalities(w, mspec, registry, dataset)
+        for dspec, defense in parts.defenses:
+            unit = _unit(w, suite, mspec, dspec, defense, manifests, modalities)
+            plan.units.append(unit)
+            for aspec, attack in parts.attacks:
+                for tspec in suite.threats:
+                    reason = skip_reason(modalities, attack, tspec)
+                    if reason:
+                        plan.skipped.append({"model": mspec.name, "defense": dspec.name, "attack": aspec.name,
+                                             "threat": tspec.name, "reason": reason})
+                        continue
+                    for step in range(tspec.steps):
+                        threat = tspec.at(step, dataset.specs)
+                        plan.cells.append(PlannedCell(unit, aspec, attack, tspec, step, threat,
+                                                      _cell_key(plan, unit, aspec, threat)))
+    return plan
+
+
+def _model_modalities(w: _Where, mspec: PluginSpec, registry: Registry, dataset) -> tuple[str, ...]:
+    """Build the model once, leaving every random generator as it was, to learn what it reads."""
+    states = (random.getstate(), np.random.get_state())
+    with torch.random.fork_rng(devices=[]):
+        model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    if not isinstance(model, AVModel):
+        raise UserError(f"model plugin {mspec.plugin!r} returned {type(model).__name__}, not an avharness.AVModel")
+    return tuple(model.modalities)
+
+
+def _unit(w, suite, mspec, dspec, defense, manifests, modalities) -> Unit:
+    init = None
+    if mspec.load:  # a checkpoint enters by its bytes, not its path: moving the file reuses the store
+        init = {"sha256": file_sha256(checkpoint_path(w, mspec)), "key_map": mspec.load.get("key_map")}
+    identity = {
+        "format": STORE_FORMAT,
+        "model": {"plugin": mspec.plugin, "params": mspec.params},
+        **({"init": init} if init else {}),
+        "defense": dspec.identity(),
+        "data": {"data": suite.data.identity(), "manifests": manifests},
+        "seed": suite.seed,
+    }
+    # The training seed depends on what is trained, never on STORE_FORMAT: a store layout change
+    # must not change any number.
+    fit_seed = derive_seed(suite.seed, "fit", sha256_json({k: v for k, v in identity.items() if k != "format"}))
+    return Unit(mspec, dspec, defense, sha256_json(identity)[:20], fit_seed, init, modalities)
+
+
+def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel) -> str:
+    return sha256_json({
+        "format": STORE_FORMAT,
+        "train": unit.key,
+        "attack": aspec.identity(),
+        "threat": threat.canonical(),
+        "eval": plan.eval_id,
+        "seed": plan.suite.seed,
+        "metrics": [m.identity() for m, _ in plan.metrics],
+        # only when not the defaults, so cells stored before these options existed stay valid
+        **({"judge": judge} if (judge := judge_rules(plan.suite)) else {}),
+    })[:20]
+
+
+def skip_reason(modalities, attack, tspec: ThreatSpec) -> str:
+    """Why this (model, attack, threat) combination has no cells, or ""."""
+    missing = [m for m in tspec.modalities if m not in modalities]
+    if missing:
+        return f"model reads {', '.join(modalities)}; threat attacks {', '.join(missing)}"
+    unbounded = [m for m in tspec.modalities if tspec.norms[m] == "none"]
+    if unbounded and not getattr(attack, "unbounded", False):
+        return f"threat is unbounded (norm none) on {', '.join(unbounded)}; only corruptions take such threats"
+    return ""
+
+
+def judge_rules(suite: Suite) -> dict:
+    """The suite's non-default evaluation rules (success rule, AP margin, label threshold)."""
+    out = {"success": suite.success, "success_margin": suite.success_margin, "threshold": suite.threshold}
+    defaults = {"success": "default", "success_margin": 0.1, "threshold": None}
+    return {k: v for k, v in out.items() if v != defaults[k]}
+
+
+def check_batch(batch, dataset, plugin: str) -> None:
+    """A dataset's batches must match its declared specs; say which modality and shape when not."""
+    for m, spec in dataset.specs.items():
+        x = batch.inputs.get(m)
+        if x is None:
+            raise UserError(f"dataset {plugin!r} declares modality {m!r} but its batch has only {sorted(batch.inputs)}")
+        if tuple(x.shape[1:]) != tuple(spec.shape):
+            raise UserError(
+                f"dataset {plugin!r} yielded {m!r} of shape {tuple(x.shape[1:])} per sample but its spec "
+                f"says {tuple(spec.shape)}; fix the dataset plugin or its spec"
+            )
+    if len(batch.ids) != len(batch):
+        raise UserError(f"dataset {plugin!r} yielded {len(batch.ids)} sample ids for {len(batch)} samples")
+

@@ -1,0 +1,159 @@
+"""Building the report from a run: ``report.json`` (schema ``avharness/report@1``, JSON Schema in
+``schema.json``), ``samples.jsonl`` and the rendered ``report.md``.
+
+Every number here is computed from the run's cell records (``records.py``); none is typed in. The
+checks, findings and renderers read the same records the executor built.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..store import atomic_write_json, atomic_write_text
+from .checks import cell_checks, model_checks
+from .findings import findings
+from .markdown import render_markdown
+from .records import CellRecord, ModelRecord, without_samples
+
+SCHEMA = "avharness/report@1"
+
+
+def environment(device) -> dict:
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "avharness": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def model_records(res) -> list[ModelRecord]:
+    return [
+        {
+            "name": t.spec.name, "plugin": t.spec.plugin, "params": t.spec.params, "defense": t.defense.name,
+            "modalities": list(t.model.modalities), "n_parameters": sum(p.numel() for p in t.model.parameters()),
+            "checkpoint": str(t.folder), "key": t.key, "reused": t.reused, "fit": t.fit,
+            # the weights it started from (path, sha256, key map), when a suite gave a checkpoint
+            "weights": t.fit.get("init"),
+            "metrics": t.metrics,
+        }
+        for t in res.trained
+    ]
+
+
+def _data_section(res) -> dict:
+    s, ds = res.suite, res.dataset
+    return {
+        "plugin": s.data.plugin, "params": s.data.params, "task": ds.task.to_dict(),
+        "specs": {m: sp.to_dict() for m, sp in ds.specs.items()},
+        "splits": {sp: {"n": ds.size(sp), "manifest_sha256": res.manifests[sp]} for sp in ds.splits()},
+        "manifest_sha256": res.manifests[s.eval_split],
+        "eval": {"split": s.eval_split, "n_original": res.eval_n_original, "n_effective": res.eval_n},
+        "info": ds.info(),
+    }
+
+
+def build_report(res, started: str) -> dict:
+    """The report as a dict (what report.json holds), from a finished run's records."""
+    s = res.suite
+    models = model_records(res)
+    preds = predictions(res)
+    headline = res.plan.headline.get(res.dataset.task.kind)
+    return {
+        "schema": SCHEMA,
+        "started": started,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "suite": {"name": s.name, "version": s.version, "path": s.path, "sha256": s.sha256, "config": s.resolved},
+        "seeds": {
+            "global": s.seed,
+            "derivation": "sha256 of (seed, purpose, ...): training per checkpoint key; attack random starts "
+                          "per (attack, threat, sample id, modality, restart)",
+        },
+        "environment": environment(res.device),
+        "plugins": res.registry.distributions(),
+        "plugin_failures": [{"entry_point": e, "dist": d, "error": err} for e, d, err in res.registry.failures],
+        "data": _data_section(res),
+        "models": models,
+        "skipped": res.skipped,
+        "checks": [ch for t in res.trained for ch in model_checks(f"{t.spec.name}/{t.defense.name}", t.probe)]
+                  + cell_checks(res.cells, res.iterative, res.gradient_free),
+        "cells": [without_samples(c) for c in res.cells],
+        "headline": headline,
+        "metric_predicts_robustness": preds,
+        "findings": findings(res.cells, models, preds, headline),
+        "per_sample": "samples.jsonl",
+        "stages": res.stages,
+    }
+
+
+def per_class_drop(samples: list[dict], num_classes: int) -> dict[str, float]:
+    """Per class: clean accuracy minus robust accuracy over the samples of that class."""
+    clean, robust, count = [0] * num_classes, [0] * num_classes, [0] * num_classes
+    for x in samples:
+        for c in (x["target"] if isinstance(x["target"], list) else [x["target"]]):
+            count[c] += 1
+            clean[c] += x["clean_correct"]
+            robust[c] += x["robust"]
+    return {str(c): (clean[c] - robust[c]) / count[c] for c in range(num_classes) if count[c]}
+
+
+def predictions(res) -> list[dict]:
+    """Spearman correlation of every per-class model metric with each class's robust-accuracy drop.
+
+    The drop is taken at each (attack, threat)'s strongest budget, where attacks differ most. A
+    metric that predicts robustness correlates negatively (a better-shaped class loses less).
+    """
+    from scipy.stats import spearmanr
+
+    k = res.dataset.task.num_classes
+    out = []
+    for t in res.trained:
+        series = {(name, s): v for name, r in t.metrics.items() for s, v in (r.get("per_class") or {}).items()}
+        if not series:
+            continue
+        mine = [c for c in res.cells if (c["model"], c["defense"]) == (t.spec.name, t.defense.name)]
+        for attack, threat in dict.fromkeys((c["attack"], c["threat"]) for c in mine):
+            cs = [c for c in mine if (c["attack"], c["threat"]) == (attack, threat)]
+            top = max(cs, key=lambda c: c["step"])
+            drop = per_class_drop(top["samples"], k)
+            for (metric, name), values in series.items():
+                common = [c for c in drop if values.get(c) is not None and values[c] == values[c]]
+                rho = p = float("nan")
+                if len(common) >= 3 and len({values[c] for c in common}) > 1 and len({drop[c] for c in common}) > 1:
+                    r = spearmanr([values[c] for c in common], [drop[c] for c in common])
+                    rho, p = float(r.statistic), float(r.pvalue)
+                out.append({"model": t.spec.name, "defense": t.defense.name, "metric": metric, "series": name,
+                            "attack": attack, "threat": threat, "step": top["step"], "n_classes": len(common),
+                            "spearman_rho": rho, "p_value": p})
+    return out
+
+
+def write_samples(cells: list[CellRecord], path: Path) -> None:
+    lines = [json.dumps({"cell": c["id"], **x}) for c in cells for x in c["samples"]]
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def write_report(res, out_dir: str | Path, started: str, extra_stages: dict | None = None) -> dict:
+    out_dir = Path(out_dir)
+    report = build_report(res, started)
+    if extra_stages:
+        report["stages"].update(extra_stages)
+    write_samples(res.cells, out_dir / "samples.jsonl")
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    atomic_write_json(out_dir / "report.json", report)  # last: its presence means the report is whole
+    return report

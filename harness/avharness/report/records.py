@@ -1,0 +1,108 @@
+"""The typed records a report is made of: one ``SampleRecord`` per (cell, sample), one ``CellRecord``
+per cell, one ``ModelRecord`` per trained (model, defense).
+
+The executor builds each ``CellRecord`` once, with its samples attached; the checks, the findings and
+the renderers all read those same records. ``report.json`` holds the cells without their samples
+(they go to ``samples.jsonl``, one line each, keyed by the cell id). The JSON Schema of the whole
+report is ``schema.json`` beside this module.
+
+TypedDicts rather than dataclasses: a record is exactly what is stored in JSON, so a report read
+back from disk (``avharness check``, ``avharness report``) has the same shape as one fresh from a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class SampleRecord(TypedDict):
+    id: str
+    target: int | list[int]
+    clean_pred: int | list[int]
+    adv_pred: int | list[int]
+    clean_correct: bool
+    robust: bool
+    #: null where the success rule does not apply (multiclass: the clean prediction was wrong)
+    success: bool | None
+
+
+class CellRecord(TypedDict, total=False):
+    id: str
+    key: str
+    model: str
+    defense: str
+    attack: str
+    threat: str
+    step: int
+    norm: dict[str, str]
+    #: per modality; null for an unbounded budget (norm none)
+    eps: dict[str, float | None]
+    canonical: str
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float
+    #: the largest achieved perturbation per modality in its own norm
+    achieved: dict[str, float]
+    metrics: dict[str, float | None]
+    higher_is_better: dict[str, bool]
+    attack_stats: dict[str, float]
+    success_rule: str | None
+    details: dict[str, Any]
+    wall_s: float
+    reused: bool
+    #: in memory only; written to samples.jsonl
+    samples: list[SampleRecord]
+
+
+class ModelRecord(TypedDict, total=False):
+    name: str
+    plugin: str
+    params: dict
+    defense: str
+    modalities: list[str]
+    n_parameters: int
+    checkpoint: str
+    key: str
+    reused: bool
+    fit: dict
+    weights: dict | None
+    metrics: dict
+
+
+def cell_id(c: CellRecord | dict) -> str:
+    return f"{c['model']}/{c['defense']}/{c['attack']}/{c['threat']}/{c['step']}"
+
+
+def make_cell(stored: dict, *, model: str, defense: str, attack: str, threat: str) -> CellRecord:
+    """A cell record from a stored (or fresh) cell result and the names of what made it.
+
+    Accuracies are computed here from the samples, once: the core's definition (a sample is robust
+    only if it is correct both clean and under attack), whichever metric plugins the suite lists.
+    """
+    samples = stored["samples"]
+    n = max(len(samples), 1)
+    cell: CellRecord = {
+        "model": model, "defense": defense, "attack": attack, "threat": threat, "step": stored["step"],
+        "key": stored["key"], "norm": stored["norm"], "canonical": stored["canonical"],
+        # an unbounded budget's eps is infinite: null, as in the stored cell, whether fresh or reused
+        "eps": {m: (None if e is None or e == float("inf") else e) for m, e in stored["eps"].items()},
+        "n": stored["n"],
+        "clean_accuracy": sum(x["clean_correct"] for x in samples) / n,
+        "robust_accuracy": sum(x["robust"] for x in samples) / n,
+        "achieved": stored.get("achieved", {}),
+        "metrics": stored["metrics"], "higher_is_better": stored["higher_is_better"],
+        "attack_stats": stored.get("attack_stats", {}),
+        "success_rule": stored.get("success_rule"),
+        **({"details": stored["details"]} if stored.get("details") else {}),
+        "wall_s": stored["wall_s"], "reused": stored["reused"],
+        "samples": samples,
+    }
+    cell["id"] = cell_id(cell)
+    return cell
+
+
+def without_samples(cell: CellRecord) -> dict:
+    """The cell as report.json holds it (samples go to samples.jsonl)."""
+    out = {"id": cell["id"]}
+    out.update({k: v for k, v in cell.items() if k not in ("samples", "id")})
+    return out
