@@ -54,7 +54,7 @@ def random_case(n=300, c=12, seed=0, ties=False):
 
 
 def reference_gas_eval(scores, truth):
-    """A plain loop over the grouped ROC, straight from the description in seeds.md §4.1."""
+    """A plain loop over the grouped ROC, straight from the description in docs/seed_code.md §4.1."""
     ap, auc = [], []
     for k in range(truth.shape[1]):
         s, y = scores[:, k], truth[:, k].astype(bool)

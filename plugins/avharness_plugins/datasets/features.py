@@ -1,6 +1,6 @@
 """Explicit, versioned audio feature pipelines: waveform [B, samples] at 16 kHz -> features [B, T, F].
 
-The seed code has three incompatible log-mel definitions (seeds.md §2.2). avharness names each
+The seed code has three incompatible log-mel definitions (docs/seed_code.md §2.2). avharness names each
 pipeline it reimplements, versions it, and makes every choice visible in ``describe()`` so a report
 says exactly which features a model saw. All pipelines are ``torch.nn.Module``s and differentiable
 with respect to the waveform, so waveform-domain attacks can go through them.
@@ -147,7 +147,7 @@ class Fbank128(FeaturePipeline):
             "db_convention": "natural log of mel energy (Kaldi fbank), floored at float32 eps; not dB",
             "n_frames": self.n_frames,
             "cut_or_pad": "first 1024 frames; shorter clips zero-padded after fbank (log domain)",
-            "seed": "ATDR/AST 128x1024 (seeds.md §2.2 item 3)",
+            "seed": "ATDR/AST 128x1024 (docs/seed_code.md §2.2 item 3)",
         }
 
     def _features(self, wav: torch.Tensor) -> torch.Tensor:
@@ -213,7 +213,7 @@ class LogMel64(FeaturePipeline):
             ),
             "n_frames": self.n_frames,
             "cut_or_pad": "first 400 frames; shorter clips zero-padded after the dB step",
-            "seed": "ATDR 64x400 (seeds.md §2.2 item 2)",
+            "seed": "ATDR 64x400 (docs/seed_code.md §2.2 item 2)",
         }
 
     def _features(self, wav: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The class list is a data file (``data/kinetics_sounds_classes.txt``: the 34 classes of
 Arandjelovic & Zisserman's "Look, Listen and Learn", with its provenance) or any file of the same
-form given as ``classes`` (one name per line, ``#`` comments). No official manifest exists (seeds.md
+form given as ``classes`` (one name per line, ``#`` comments). No official manifest exists (docs/seed_code.md
 §2.4), so a split is a CSV of clips: header ``path,label``, one row per clip; relative paths are
 resolved against the CSV's folder; a label must name a class (matched ignoring case, ``_`` as a
 space). Splits: ``splits`` maps names to CSVs (relative to ``root``); by default whichever of

@@ -8,7 +8,7 @@ per epoch, ``avharness.generator(seed, "shuffle", epoch)`` (so for one seed the 
 visit the same batches in the same order), a ``NumericalError`` on a non-finite loss, one progress
 tick per optimiser step, and the same facts returned, plus what the recipe costs.
 
-The papers behind the seed code publish no code for either recipe (seeds.md §5): every setting
+The papers behind the seed code publish no code for either recipe (docs/seed_code.md §5): every setting
 below is an avharness design choice, listed in docs/defenses.md.
 """
 
@@ -300,7 +300,7 @@ SPACES = ("input", "latent")
 
 
 class MetricMixup(_Recipe):
-    """Metric-guided mix-up (an avharness design; no public code exists, seeds.md §5).
+    """Metric-guided mix-up (an avharness design; no public code exists, docs/seed_code.md §5).
 
     Per class c, ``deficit_c = 1 − metric_c`` (convexity share, or k-NN purity) measured on the
     latent ``latent`` of the "val" split (the train split when there is no val split). Sample i is

@@ -15,7 +15,7 @@ Scores. Multi-label: the logits themselves, in float64. AP and AUC depend only o
 the scores within a class, and the sigmoid is increasing, so logits give the same values as
 probabilities in exact arithmetic, but the sigmoid saturates in floating point: large logits
 map to the same probability (1.0 in float32 above ~17, in fp16 much sooner) and become ties. The
-seed's AST evaluation under fp16 suffered exactly that (``shared/reference/seeds.md`` §6.3
+seed's AST evaluation under fp16 suffered exactly that (``docs/seed_code.md`` §6.3
 footnote). Multiclass (e.g. Kinetics-Sounds, whose macro-mAP §2.4 asks for): the truth is the
 one-hot target and the score of class c is log softmax_c(logits), which orders samples as the
 softmax probability does (what sklearn's ``average_precision_score(y == c, proba[:, c])`` uses)
@@ -26,7 +26,7 @@ arbitrary.
 Truth. A multi-label sample "has" class c when its target entry is non-zero (the seed's
 gas_eval casts the truth to bool; soft targets such as 0.5 count as positive).
 
-Modes. ``"gas_eval"`` is the seed's ``util_out.gas_eval`` (seeds.md §4.1), vectorised: per class,
+Modes. ``"gas_eval"`` is the seed's ``util_out.gas_eval`` (docs/seed_code.md §4.1), vectorised: per class,
 samples sorted by score, descending; ties grouped (a cut-off only where the score strictly
 decreases); AP = Σ_k precision_k·ΔTP_k / TP_total over the groups; AUC by the trapezoid rule on
 the grouped ROC, normalised by 2·TP_total·FP_total; averaged over the classes with at least one
@@ -196,7 +196,7 @@ class Tagging:
 
     Scores are float64 logits (multi-label) or log-softmax (multiclass), never probabilities:
     the ranking is what AP and AUC measure, and a saturated sigmoid would turn distinct logits
-    into ties (seeds.md §6.3).
+    into ties (docs/seed_code.md §6.3).
     """
 
     higher_is_better = {

@@ -3,7 +3,7 @@
 ART takes one input tensor per sample, so the batch is packed (``packing.py``): ART's
 ``PyTorchClassifier`` wraps a ``PackedAdapter`` with ``input_shape=(D,)``, per-feature
 ``clip_values`` from each modality's bounds, and ``use_amp=False`` (always: it would import
-NVIDIA apex). ART is used as an optimiser only (anchors §6.2): labels ``y`` are always passed (ART
+NVIDIA apex). ART is used as an optimiser only (docs/backends.md §2): labels ``y`` are always passed (ART
 never labels by argmax), ``num_random_init <= 1`` (ART would pick restarts by argmax success), and
 restarts, success and the per-sample worst case are decided here with ``task.correct`` and
 ``task.loss``.

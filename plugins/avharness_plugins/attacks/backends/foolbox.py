@@ -1,7 +1,7 @@
 """foolbox 3.3.4 as an attack backend: ``foolbox.linf_pgd``, ``foolbox.l2_pgd``, ``foolbox.fgsm``,
 ``foolbox.deepfool`` and ``foolbox.cw``.
 
-foolbox attacks one tensor with one scalar ``[lo, hi]`` and decides success by argmax (anchors §6.3).
+foolbox attacks one tensor with one scalar ``[lo, hi]`` and decides success by argmax (docs/backends.md §3).
 avharness adapts it as follows:
 
 - **One modality per threat.** Each batch gets a closure (``_Closure``), a small ``nn.Module`` that

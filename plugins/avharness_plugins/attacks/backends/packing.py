@@ -1,6 +1,6 @@
 """Packing a multimodal batch into one flat tensor, for single-input attack backends (ART, foolbox).
 
-Backends such as ART take exactly one input tensor per sample (anchors §6.1). ``Packing`` records a
+Backends such as ART take exactly one input tensor per sample (docs/backends.md §1). ``Packing`` records a
 fixed modality order and each modality's per-sample shape, flattens every packed modality and
 concatenates them into z in R^{N x D}; ``PackedAdapter(model, packing, fixed)`` is the
 ``nn.Module`` a backend wraps: it splits z back, reshapes, adds the modalities held ``fixed`` for

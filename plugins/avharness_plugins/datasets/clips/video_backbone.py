@@ -1,7 +1,7 @@
 """A frozen torchvision ResNet that embeds decoded video frames into per-second features [T, D].
 
 The seed's video features are 2048-d per-second ImageNet ResNet pool5 vectors whose backbone was
-never published (seeds.md §1.4); avharness lets the user pick the ResNet depth and supply the
+never published (docs/seed_code.md §1.4); avharness lets the user pick the ResNet depth and supply the
 weights. Nothing is ever downloaded: the network is built with ``weights=None`` and its state dict
 is read from a local file with ``torch.load(path, weights_only=True)``. The classifier (``fc``) is
 replaced by an identity, so the output is the global-average-pooled last stage (post-ReLU, hence

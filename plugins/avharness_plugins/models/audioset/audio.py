@@ -1,10 +1,10 @@
-"""AudioSet audio-only model zoo (seeds.md §1.3): ``crnn``, ``cnn_transformer``, ``resnet``, ``ast``,
+"""AudioSet audio-only model zoo (docs/seed_code.md §1.3): ``crnn``, ``cnn_transformer``, ``resnet``, ``ast``,
 ``efficientnet``.
 
 Audio comes as features ``[T, F]`` (time-major, e.g. 400x64 or 1024x128) or as a waveform with a
 front end (``layers.audio_frontend``); every size is taken from the spec. All models return
 logits (never probabilities) and compute in float32 (no autocast: the seed's AST fp16 autocast
-saturated, seeds.md §8.4).
+saturated, docs/seed_code.md §8.4).
 
 Latents and heads:
 

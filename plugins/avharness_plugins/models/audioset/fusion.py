@@ -1,4 +1,4 @@
-"""AudioSet audio-visual fusion models on the zoo's backbones (seeds.md §1.5).
+"""AudioSet audio-visual fusion models on the zoo's backbones (docs/seed_code.md §1.5).
 
 Inputs: audio features ``[T_a, F]`` (or a waveform with a front end, ``layers.audio_frontend``)
 and video frame features ``[T_v, D_v]``. Every model returns logits; ``embed`` returns

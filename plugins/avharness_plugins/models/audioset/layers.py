@@ -6,10 +6,10 @@
   parameter-free, frozen module, so attacks can run in the waveform domain. Its buffers (window,
   mel filter bank) are left out of the state dict: weights trained on features load unchanged into
   the waveform variant of the same model.
-- ``TALNetConvStack``: the TALNet conv stack (seeds.md §1.2) for any ``[T, F]``.
+- ``TALNetConvStack``: the TALNet conv stack (docs/seed_code.md §1.2) for any ``[T, F]``.
 - ``EncoderLayer`` / ``TransformerEncoder``: the seed's post-LN encoder layer (8 heads, ReLU
   feed-forward), stacked ``layers`` times with separate weights (``share_layers=True`` reproduces
-  the seed's quirk of applying ONE layer ``layers`` times, seeds.md §8.6).
+  the seed's quirk of applying ONE layer ``layers`` times, docs/seed_code.md §8.6).
 - ``AttentionPool`` and ``pooled_logits``: the seed's ``att`` pooling (a frame head plus a
   per-class softmax over time), returned as logits computed in log space (see ``pooled_logits``).
 
@@ -145,7 +145,7 @@ def _ceil_half(n: int) -> int:
 
 
 class TALNetConvStack(nn.Module):
-    """``[B, T, W]`` -> ``[B, T', C * W']`` (seeds.md §1.2).
+    """``[B, T, W]`` -> ``[B, T', C * W']`` (docs/seed_code.md §1.2).
 
     ``conv_layers`` ConvBlocks (3x3 conv, padding 1, norm, ReLU, Xavier init); a max-pool after every
     second block: kernel = stride = (2, 2) for the first two pools, then (1, 2) (frequency only).

@@ -1,4 +1,4 @@
-"""AudioSet video-only model (seeds.md §1.4): ``video_transformer`` on per-second frame features.
+"""AudioSet video-only model (docs/seed_code.md §1.4): ``video_transformer`` on per-second frame features.
 
 Input: video frame features ``[T, D]`` (the seed: 10 x 2048, one pre-extracted feature vector per
 second). ``layers`` post-LN encoder layers of width D (the seed: d = 2048, d_ff = 1024, 8 heads;
