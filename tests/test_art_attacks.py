@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attack_properties import EPS, FUSED, SCOPES, check_budget, one_thread, run  # noqa: F401 (one_thread: autouse fixture)
 from toy import sample_rng, test_batch, threat, toy_data, trained
 
 from avharness import Attack, AttackOutput, UserError
@@ -26,7 +27,6 @@ from avharness_plugins.attacks.backends.art import (
 from avharness_plugins.attacks.backends.packing import PackedAdapter, Packing, bounds, eps_vector, mask_vector
 from avharness_plugins.attacks.pgd import build_pgd
 
-FUSED = ("audio", "video")
 ATTACKS = {
     "art.pgd": lambda: build_art_pgd(steps=5),
     "art.apgd": lambda: build_art_apgd(steps=5),
@@ -38,21 +38,6 @@ LINF_ONLY = {"art.cw", "art.square"}
 MINIMUM_NORM_MAY_FAIL = {"art.cw"}  # C&W keeps the clean point when it finds no adversarial one
 MULTICLASS_ONLY = {"art.apgd", "art.cw", "art.deepfool", "art.square"}
 DETERMINISTIC = {"art.cw", "art.deepfool"}  # no random start: every seed gives the same point
-EPS = {"linf": {"audio": 0.3, "video": 0.2}, "l2": {"audio": 3.0, "video": 2.0}}
-SCOPES = {"audio": ("audio",), "video": ("video",), "joint": ("audio", "video")}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run(attack, model, data, batch, tm, seed=0):
-    out = attack.perturb(model, batch.inputs, batch.target, tm, data.task, sample_rng(batch, seed))
-    return out.inputs if isinstance(out, AttackOutput) else out
 
 
 def robust_accuracy(model, data, batch, adv) -> float:
@@ -68,19 +53,6 @@ def threat_for(data, scope, norm, scale=1.0):
 def supported(name, kind, norm, scope):
     return (not (name in MULTICLASS_ONLY and kind == "multilabel")
             and not (name in LINF_ONLY and norm == "l2")) and not (norm == "l2" and scope == "joint")
-
-
-def check_budget(adv, batch, tm):
-    for m, budget in tm.budgets.items():
-        x, xa = batch.inputs[m], adv[m]
-        assert xa.shape == x.shape and xa.dtype == x.dtype and torch.isfinite(xa).all()
-        lo, hi = budget.bounds
-        assert xa.min() >= lo and xa.max() <= hi, f"{m} outside bounds"
-        delta = (xa - x).flatten(1)
-        if budget.norm == "linf":
-            assert delta.abs().max() <= budget.eps + 1e-6, f"{m}: linf {delta.abs().max()} > {budget.eps}"
-        else:
-            assert (delta.norm(dim=1) <= budget.eps * (1 + 1e-5)).all(), f"{m}: l2 over budget"
 
 
 # --- packing ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Property tests for the built-in fgsm and pgd attacks on the toy models of ``toy.py``.
 
-The properties follow CleverHans / foolbox (anchors §1.6, §5.4): eps = 0 is a no-op, budgets and
+The properties follow CleverHans / foolbox (CleverHans v4 and foolbox test their attacks so): eps = 0 is a no-op, budgets and
 bounds hold after clipping, unattacked modalities are untouched, inputs are not mutated, a sweep
 is monotone, PGD is at least as strong as FGSM, an undefended model breaks at a large eps, and
 results are reproducible and independent of batch composition.
@@ -10,30 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attack_properties import EPS, FUSED, SCOPES, check_budget, one_thread, run  # noqa: F401 (one_thread: autouse fixture)
 from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
 
 from avharness import Attack, Evidence, NumericalError, SampleRNG, UserError
 from avharness_plugins.attacks.pgd import build_fgsm, build_pgd, register_attacks
 
-FUSED = ("audio", "video")
 ATTACKS = {"fgsm": build_fgsm, "pgd": lambda: build_pgd(steps=5)}
-# Budgets large enough that clipping to the bounds is active for some coordinates.
-EPS = {"linf": {"audio": 0.3, "video": 0.2}, "l2": {"audio": 3.0, "video": 2.0}}
-SCOPES = {"audio": ("audio",), "video": ("video",), "joint": ("audio", "video")}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On tensors this small, intra-op threads cost more than they save, and on a busy 2-core
-    # machine their spin-waiting made this module ~40x slower (95 s instead of 2.5 s).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run(attack, model, data, batch, tm, seed=0):
-    return attack.perturb(model, batch.inputs, batch.target, tm, data.task, sample_rng(batch, seed))
 
 
 def evidence(model, data, batch, adv, tm) -> Evidence:
@@ -119,20 +102,6 @@ def test_eps_zero_modality_in_joint_threat_is_untouched(name, norm):
     adv = run(ATTACKS[name](), trained(FUSED), data, batch, tm)
     assert torch.equal(adv["audio"], batch.inputs["audio"])
     assert not torch.equal(adv["video"], batch.inputs["video"])
-
-
-def check_budget(adv, batch, tm):
-    for m, budget in tm.budgets.items():
-        x, xa = batch.inputs[m], adv[m]
-        assert xa.shape == x.shape and xa.dtype == x.dtype
-        assert torch.isfinite(xa).all()
-        lo, hi = budget.bounds
-        assert xa.min() >= lo and xa.max() <= hi, f"{m} outside bounds {budget.bounds}"
-        delta = (xa - x).flatten(1)
-        if budget.norm == "linf":
-            assert delta.abs().max() <= budget.eps + 1e-6, f"{m}: linf {delta.abs().max()} > {budget.eps}"
-        else:
-            assert (delta.norm(dim=1) <= budget.eps * (1 + 1e-5)).all(), f"{m}: l2 {delta.norm(dim=1).max()} > {budget.eps}"
 
 
 @pytest.mark.parametrize("name", ATTACKS)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attack_properties import EPS, FUSED, check_budget, one_thread, run  # noqa: F401 (one_thread: autouse fixture)
 from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
 
-from avharness import Attack, AttackOutput, Evidence, UserError
+from avharness import Attack, Evidence, UserError
 from avharness_plugins.attacks.backends.foolbox import (
     build_cw,
     build_deepfool,
@@ -24,7 +25,6 @@ from avharness_plugins.attacks.backends.foolbox import (
 )
 from avharness_plugins.attacks.pgd import build_pgd
 
-FUSED = ("audio", "video")
 NAMES = ("foolbox.linf_pgd", "foolbox.l2_pgd", "foolbox.fgsm", "foolbox.deepfool", "foolbox.cw")
 # name -> (small, fast factory, norms it accepts, multilabel supported)
 ATTACKS = {
@@ -35,24 +35,8 @@ ATTACKS = {
     "foolbox.cw": (lambda: build_cw(steps=20, binary_search_steps=2), ("l2",), False),
 }
 CASES = [(name, norm) for name, (_, norms, _) in ATTACKS.items() for norm in norms]
-# Budgets large enough that clipping to the bounds is active for some coordinates.
-EPS = {"linf": {"audio": 0.3, "video": 0.2}, "l2": {"audio": 3.0, "video": 2.0}}
 # Budgets that break the fused toy model through one modality (the other still carries the label).
 LARGE = {"linf": {"audio": 1.0, "video": 0.6}, "l2": {"audio": 10.0, "video": 10.0}}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run(attack, model, data, batch, tm, seed=0) -> dict:
-    out = attack.perturb(model, batch.inputs, batch.target, tm, data.task, sample_rng(batch, seed))
-    assert isinstance(out, AttackOutput)
-    return out.inputs
 
 
 def evidence(model, data, batch, adv, tm) -> Evidence:
@@ -166,20 +150,6 @@ def test_eps_zero_modality_in_joint_threat_is_not_a_joint_attack():
     adv = run(build_linf_pgd(steps=3), trained(FUSED), data, batch, tm)
     assert adv["audio"] is batch.inputs["audio"]
     assert not torch.equal(adv["video"], batch.inputs["video"])
-
-
-def check_budget(adv, batch, tm):
-    for m, budget in tm.budgets.items():
-        x, xa = batch.inputs[m], adv[m]
-        assert xa.shape == x.shape and xa.dtype == x.dtype
-        assert torch.isfinite(xa).all()
-        lo, hi = budget.bounds
-        assert xa.min() >= lo and xa.max() <= hi, f"{m} outside bounds {budget.bounds}"
-        delta = (xa - x).flatten(1)
-        if budget.norm == "linf":
-            assert delta.abs().max() <= budget.eps + 1e-6, f"{m}: linf {delta.abs().max()} > {budget.eps}"
-        else:
-            assert (delta.norm(dim=1) <= budget.eps * (1 + 1e-5)).all(), f"{m}: l2 {delta.norm(dim=1).max()} > {budget.eps}"
 
 
 @pytest.mark.parametrize("name, norm", CASES)

@@ -166,16 +166,10 @@ def cmd_list(args) -> int:
 def cmd_plugin(args) -> int:
     from .conformance import check_plugin
     from .plugins import get_registry
-    from .yamlload import parse_yaml
+    from .suite import parse_assignment
 
     def read(items, flag):
-        out = {}
-        for item in items:
-            if "=" not in item:
-                raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
-            key, value = item.split("=", 1)
-            out[key.strip()] = parse_yaml(value, f"{flag} {key.strip()}")
-        return out
+        return dict(parse_assignment(item, flag, "steps=20") for item in items)
 
     results = check_plugin(args.name, get_registry(), kind=args.kind, data=args.data, params=read(args.param, "--param"),
                            data_params=read(args.data_param, "--data-param"))
@@ -212,14 +206,11 @@ def cmd_data(args) -> int:
 
 
 def cmd_model(args) -> int:
-    import io
-
-    import torch
-
     from .components import build_component, build_dataset, check_params
+    from .model import save_state_dict
     from .plugins import get_registry, unknown_message
     from .seeding import derive_seed, seed_everything
-    from .store import atomic_write_bytes, ensure_writable
+    from .store import ensure_writable
     from .suite import _Where, load_suite
 
     suite = load_suite(args.suite, args.overrides)
@@ -235,10 +226,8 @@ def cmd_model(args) -> int:
     for i, mspec in enumerate(suite.models):
         seed_everything(derive_seed(suite.seed, "init", mspec.name))
         model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
         path = out / f"{mspec.name}.pt"
-        atomic_write_bytes(path, buf.getvalue())
+        save_state_dict(model, path)
         print(f"wrote {path} ({sum(p.numel() for p in model.parameters())} parameters): "
               f"--set models.{i}.checkpoint={path}")
     return 0

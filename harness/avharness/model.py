@@ -59,16 +59,23 @@ def create_model(spec: dict | str | Path) -> AVModel:
     return model
 
 
-def save_model(model: nn.Module, spec: dict, folder: str | Path) -> None:
-    """Write ``model.pt`` (a plain state_dict) and ``model.json`` (its spec) atomically."""
+def save_state_dict(model: nn.Module, path: str | Path) -> None:
+    """Write the model's weights as a plain ``torch.save(state_dict)`` file (CPU tensors), atomically."""
     import io
 
-    from .store import atomic_write_bytes, atomic_write_json
+    from .store import atomic_write_bytes
 
-    folder = Path(folder)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    atomic_write_bytes(folder / "model.pt", buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_model(model: nn.Module, spec: dict, folder: str | Path) -> None:
+    """Write ``model.pt`` (a plain state_dict) and ``model.json`` (its spec) atomically."""
+    from .store import atomic_write_json
+
+    folder = Path(folder)
+    save_state_dict(model, folder / "model.pt")
     atomic_write_json(folder / "model.json", spec)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import UserError
 from .success import MULTILABEL_RULES
 from .threat import NORMS, Budget, ThreatModel
+from .weights import check_key_map
 from .yamlload import LineDict, LineList, load_yaml, parse_yaml, plain
 
 SCHEMA = "avharness/suite@1"
@@ -142,16 +143,24 @@ def _is(value, t) -> bool:
     return isinstance(value, t)
 
 
+def parse_assignment(item: str, flag: str, example: str) -> tuple[str, object]:
+    """``KEY=VALUE`` from the command line: the key stripped, the value parsed as YAML."""
+    if "=" not in item:
+        raise UserError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {flag} {example}")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"{flag} {item!r}: empty key")
+    return key, parse_yaml(text, f"{flag} {key}")
+
+
 def apply_overrides(raw, overrides: list[str]):
     """Apply ``key.path=value`` strings (value parsed as YAML) to the loaded suite, in place."""
     for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set eval.limit=100")
-        keypath, text = item.split("=", 1)
-        parts = [p for p in keypath.strip().split(".") if p]
+        keypath, value = parse_assignment(item, "--set", "eval.limit=100")
+        parts = [p for p in keypath.split(".") if p]
         if not parts:
             raise UserError(f"--set {item!r}: empty key path")
-        value = parse_yaml(text, f"--set {keypath}")
         node = raw
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -422,13 +431,10 @@ def _plugin_spec(w: _Where, kind: str, item, where: str, line, named: bool) -> P
                 "key_map renames a checkpoint's keys; "
                 "give the checkpoint too (models[i].checkpoint: path to a state dict)",
             )
-        for old, new in load.get("key_map", {}).items():
-            if not isinstance(old, str) or not (new is None or isinstance(new, str)):
-                raise w.error(
-                    f"{where}.key_map",
-                    lines.get("key_map", line),
-                    f"maps key prefixes to prefixes (or null to drop them), got {old!r}: {new!r}",
-                )
+        try:  # the same rules the checkpoint loader applies, reported at the suite's line
+            check_key_map(load.get("key_map"))
+        except UserError as exc:
+            raise w.error(f"{where}.key_map", lines.get("key_map", line), str(exc)) from None
     return PluginSpec(kind, name, plugin, params, where, lines, load)
 
 

@@ -72,7 +72,7 @@ def _unwrap(obj, path: Path) -> dict:
     return dict(obj)
 
 
-def _check_key_map(key_map) -> list[tuple[str, str | None]]:
+def check_key_map(key_map) -> list[tuple[str, str | None]]:
     if key_map is None:
         return []
     if not isinstance(key_map, Mapping):
@@ -120,7 +120,7 @@ def _listing(keys: list[str]) -> str:
 def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, strict: bool = True) -> dict:
     """Load a state dict saved by other code into ``model`` (see the module docstring)."""
     path = Path(path)
-    rules = _check_key_map(key_map)
+    rules = check_key_map(key_map)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -120,40 +120,36 @@ class VideoEncoder(nn.Module):
         return self.proj(feats.view(b, self.frames, -1).mean(1))
 
 
-class AudioCNN(AVModel):
-    modalities = ("audio",)
-    head_latent = "audio"
+class UniModalCNN(AVModel):
+    """One modality's encoder and a linear head; the latent is named after the modality."""
+
+    encoder_cls: type[nn.Module]
+    ndims: tuple[int, ...]
+    plugin: str
 
     def __init__(self, task: Task, specs: dict[str, InputSpec], width: int = 32, latent_dim: int = 64,
                  dropout: float = 0.0):
         super().__init__()
         _check_params(width, latent_dim, dropout)
-        self.encoder = AudioEncoder(_spec(specs, "audio", (2,), "audio_cnn"), int(width), int(latent_dim))
+        (modality,) = self.modalities
+        self.encoder = self.encoder_cls(_spec(specs, modality, self.ndims, self.plugin), int(width), int(latent_dim))
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(int(latent_dim), task.num_classes))
 
     def embed(self, inputs):
-        return {"audio": self.encoder(inputs["audio"])}
+        return {self.head_latent: self.encoder(inputs[self.head_latent])}
 
     def head(self, latent):
         return self.classifier(latent)
 
 
-class VideoCNN(AVModel):
-    modalities = ("video",)
-    head_latent = "video"
+class AudioCNN(UniModalCNN):
+    modalities, head_latent = ("audio",), "audio"
+    encoder_cls, ndims, plugin = AudioEncoder, (2,), "audio_cnn"
 
-    def __init__(self, task: Task, specs: dict[str, InputSpec], width: int = 32, latent_dim: int = 64,
-                 dropout: float = 0.0):
-        super().__init__()
-        _check_params(width, latent_dim, dropout)
-        self.encoder = VideoEncoder(_spec(specs, "video", (3, 4), "video_cnn"), int(width), int(latent_dim))
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(int(latent_dim), task.num_classes))
 
-    def embed(self, inputs):
-        return {"video": self.encoder(inputs["video"])}
-
-    def head(self, latent):
-        return self.classifier(latent)
+class VideoCNN(UniModalCNN):
+    modalities, head_latent = ("video",), "video"
+    encoder_cls, ndims, plugin = VideoEncoder, (3, 4), "video_cnn"
 
 
 class EarlyFusion(AVModel):
