@@ -77,29 +77,51 @@ def held(c: dict) -> float:
 
 def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
                 gradient_free: dict[str, bool] | None = None) -> list[dict]:
-    out = []
-    gradient_free = gradient_free or {}
-    # eps = 0 must change nothing; robust must imply clean-correct for every sample.
+    """Every cell-level check, in the order report.md lists them (those without evidence are left out)."""
+    by_budget = defaultdict(list)  # the cells that faced the same budget on the same model
+    for c in cells:
+        by_budget[(c["model"], c["defense"], c["threat"], c["step"])].append(c)
+    n = max((c["n"] for c in cells), default=1)
+    out = [_eps_zero_noop(cells), _budget_respected(cells), _robust_le_clean(cells), _sweep_monotone(cells, n),
+           _iterative_beats_single_step(by_budget, iterative, n), _loss_converged(cells),
+           _gradient_free_not_stronger(by_budget, gradient_free or {})]
+    return [c for c in out if c is not None]
+
+
+def _eps_zero_noop(cells: list[dict]) -> dict:
+    """eps = 0 must change nothing."""
     zero_bad = [c["id"] for c in cells if all(e == 0 for e in c["eps"].values())
                 and (c["robust_accuracy"] != c["clean_accuracy"] or (_rule_based(c) and held(c) != 1.0))]
-    out.append(check("eps_zero_noop", "pass" if not zero_bad else "fail", len(zero_bad), 0,
-                     "cells at eps = 0 whose robust accuracy differs from clean accuracy or where the attack "
-                     "succeeded on a sample", ", ".join(zero_bad[:5])))
-    # The runner refuses any attack output outside its budget or range, so a finished report always
-    # passes this; the value shows how much of the budget the attacks used (1.0 = all of it).
-    # The slack is the runner's (float32 rounding of x + delta: an absolute 1e-5 for eps <= 1, so a
-    # small eps on large-valued features, e.g. 0.01 on ResNet features near 20, is not a violation).
+    return check("eps_zero_noop", "pass" if not zero_bad else "fail", len(zero_bad), 0,
+                 "cells at eps = 0 whose robust accuracy differs from clean accuracy or where the attack "
+                 "succeeded on a sample", ", ".join(zero_bad[:5]))
+
+
+def _budget_respected(cells: list[dict]) -> dict:
+    """How much of its budget an attack used.
+
+    The executor refuses any attack output outside its budget or range, so a finished report always
+    passes this; the value shows how much of the budget the attacks used (1.0 = all of it). The
+    slack is the executor's (float32 rounding of x + delta: an absolute 1e-5 for eps <= 1, so a small
+    eps on large-valued features, e.g. 0.01 on ResNet features near 20, is not a violation).
+    """
     ratios = [(a / c["eps"][m], (a - c["eps"][m]) <= BUDGET_SLACK * max(c["eps"][m], 1.0), c["id"])
               for c in cells for m, a in c.get("achieved", {}).items() if c["eps"].get(m)]
     worst = max(ratios, default=(0.0, True, ""))
-    out.append(check("budget_respected", "pass" if all(ok for _, ok, _ in ratios) else "fail", worst[0], 1.0,
-                     "largest achieved perturbation / eps over every cell and modality, after clipping to the "
-                     "valid range (float32 rounding allowed)", worst[2]))
-    bad = sum(1 for c in cells for s in c["samples"] if s["robust"] and not s["clean_correct"])
-    out.append(check("robust_le_clean", "pass" if bad == 0 else "fail", bad, 0,
-                     "samples counted robust although misclassified when clean", ""))
+    return check("budget_respected", "pass" if all(ok for _, ok, _ in ratios) else "fail", worst[0], 1.0,
+                 "largest achieved perturbation / eps over every cell and modality, after clipping to the "
+                 "valid range (float32 rounding allowed)", worst[2])
 
-    # Larger budgets must not make an attack weaker (Carlini et al. 2019; Pintor et al. 2022).
+
+def _robust_le_clean(cells: list[dict]) -> dict:
+    """Robust must imply clean-correct, for every sample."""
+    bad = sum(1 for c in cells for s in c["samples"] if s["robust"] and not s["clean_correct"])
+    return check("robust_le_clean", "pass" if bad == 0 else "fail", bad, 0,
+                 "samples counted robust although misclassified when clean", "")
+
+
+def _sweep_monotone(cells: list[dict], n: int) -> dict:
+    """Larger budgets must not make an attack weaker (Carlini et al. 2019; Pintor et al. 2022)."""
     series = defaultdict(dict)
     for c in cells:
         series[(c["model"], c["defense"], c["attack"], c["threat"])][c["step"]] = c
@@ -110,25 +132,16 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
             rise = held(by_step[s1]) - held(by_step[s0])
             if rise > worst:
                 worst, where = rise, f"{'/'.join(key)} step {s0}->{s1}"
-    n = max((c["n"] for c in cells), default=1)
-    out.append(
-        check(
-            "sweep_monotone",
-            _status(worst, n),
-            worst,
-            0.0,
-            "largest rise of robust accuracy (multi-label: share of samples unbroken) from one eps to a larger one "
-            "in a sweep; a stronger budget should never help the model, so a rise means the attack did not converge",
-            where,
-        )
-    )
+    return check("sweep_monotone", _status(worst, n), worst, 0.0,
+                 "largest rise of robust accuracy (multi-label: share of samples unbroken) from one eps to a larger one "
+                 "in a sweep; a stronger budget should never help the model, so a rise means the attack did not converge",
+                 where)
 
-    # An iterative attack should be at least as strong as a single-step one at the same budget.
-    groups = defaultdict(list)
-    for c in cells:
-        groups[(c["model"], c["defense"], c["threat"], c["step"])].append(c)
+
+def _iterative_beats_single_step(by_budget: dict, iterative: dict, n: int) -> dict | None:
+    """An iterative attack should be at least as strong as a single-step one at the same budget."""
     worst, where, compared = 0.0, "", 0
-    for cs in groups.values():
+    for cs in by_budget.values():
         single = [held(c) for c in cs if iterative.get(c["attack"]) is False]
         multi = [c for c in cs if iterative.get(c["attack"]) is True]
         if single and multi:
@@ -137,47 +150,32 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
                 gap = held(c) - min(single)
                 if gap > worst:
                     worst, where = gap, f"{c['id']} vs single-step"
-    if compared:
-        out.append(
-            check(
-                "iterative_beats_single_step",
-                _status(worst, n),
-                worst,
-                0.0,
-                "largest excess of an iterative attack's robust accuracy over a single-step attack's at "
-                "the same budget; a positive value means too few steps or a bad step size",
-                where,
-            )
-        )
+    if not compared:
+        return None
+    return check("iterative_beats_single_step", _status(worst, n), worst, 0.0,
+                 "largest excess of an iterative attack's robust accuracy over a single-step attack's at "
+                 "the same budget; a positive value means too few steps or a bad step size", where)
 
-    # Too few steps: among samples an attack did not break, the loss was still rising at its last step.
+
+def _loss_converged(cells: list[dict]) -> dict | None:
+    """Too few steps: among samples an attack did not break, the loss was still rising at its last step."""
     rising = sum(c.get("attack_stats", {}).get(RISING, 0) for c in cells)
     unbroken = sum(c.get("attack_stats", {}).get(UNBROKEN, 0) for c in cells)
-    if unbroken:
-        share = rising / unbroken
-        worst = max(
-            (c for c in cells if c.get("attack_stats", {}).get(UNBROKEN)),
-            key=lambda c: (
-                c["attack_stats"][RISING]
-                / c["attack_stats"][UNBROKEN]
-            ),
-        )
-        out.append(
-            check(
-                "loss_converged",
-                "pass" if share <= 0.1 else ("warn" if share <= 0.3 else "fail"),
-                share,
-                0.1,
-                "share of samples the attack did not break whose best loss still grew by more than 10% of "
-                "its total gain in the last 20% of the steps (all of them for a 1-step attack); a high "
-                "share means too few steps, so robust accuracy is overstated",
-                worst["id"],
-            )
-        )
+    if not unbroken:
+        return None
+    share = rising / unbroken
+    worst = max((c for c in cells if c.get("attack_stats", {}).get(UNBROKEN)),
+                key=lambda c: c["attack_stats"][RISING] / c["attack_stats"][UNBROKEN])
+    return check("loss_converged", "pass" if share <= 0.1 else ("warn" if share <= 0.3 else "fail"), share, 0.1,
+                 "share of samples the attack did not break whose best loss still grew by more than 10% of "
+                 "its total gain in the last 20% of the steps (all of them for a 1-step attack); a high "
+                 "share means too few steps, so robust accuracy is overstated", worst["id"])
 
-    # A gradient-free attack beating the gradient attacks points at masked gradients (AutoAttack's flag).
+
+def _gradient_free_not_stronger(by_budget: dict, gradient_free: dict) -> dict | None:
+    """A gradient-free attack beating the gradient attacks points at masked gradients (AutoAttack's flag)."""
     worst, where, compared = 0.0, "", 0
-    for key, cs in groups.items():
+    for key, cs in by_budget.items():
         free = [held(c) for c in cs if gradient_free.get(c["attack"])]
         grad = [held(c) for c in cs if not gradient_free.get(c["attack"])]
         if free and grad:
@@ -185,19 +183,11 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
             gap = min(grad) - min(free)
             if gap > worst:
                 worst, where = gap, "/".join(map(str, key))
-    if compared:
-        out.append(
-            check(
-                "gradient_free_not_stronger",
-                "pass" if worst <= 0.02 else "fail",
-                worst,
-                0.02,
-                "largest margin by which a gradient-free attack beats every gradient attack at the same "
-                "budget; gradient attacks should win, so a margin suggests gradient masking",
-                where,
-            )
-        )
-    return out
+    if not compared:
+        return None
+    return check("gradient_free_not_stronger", "pass" if worst <= 0.02 else "fail", worst, 0.02,
+                 "largest margin by which a gradient-free attack beats every gradient attack at the same "
+                 "budget; gradient attacks should win, so a margin suggests gradient masking", where)
 
 
 def _status(rise: float, n: int) -> str:
