@@ -94,7 +94,7 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
     stages = Stages()
     started = time.perf_counter()
     out_dir = ensure_writable(out_dir)
-    store = Store(out_dir / "store")
+    store = Store(out_dir / "store", log=reporter.log)
     w = _Where(suite.path)
 
     with stages("plugins"):
