@@ -111,7 +111,9 @@ def cell_problem(cell, key: str) -> str | None:
     """Why a stored cell cannot be reused (one phrase), or None when it is whole."""
     if not isinstance(cell, dict):
         return f"holds {type(cell).__name__ if cell is not None else 'null'}, not a cell"
-    if cell.get("key") != key:
+    if "key" not in cell:
+        return "no 'key'"
+    if cell["key"] != key:
         return f"its key {cell.get('key')!r} is not its file name"
     for fields, required in ((CELL_FIELDS, True), (OPTIONAL_CELL_FIELDS, False)):
         for name, ok in fields.items():

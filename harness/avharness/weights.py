@@ -155,6 +155,8 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
         raise UserError(f"{path}: weights file not found") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the weights file ({e})") from None
+    if not data:
+        raise UserError(f"{path}: the weights file is empty (0 bytes); was it cut short while saving or copying?")
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
@@ -165,8 +167,9 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
         if code:
             raise UserError(
                 f"{path}: refused to unpickle {code}: this file asks to run code when loaded (a pickled call or "
-                "object, not just tensors); avharness loads only tensors and plain containers (torch.load(weights_only=True)); if you "
-                "trust its source, load it yourself and re-save the weights with torch.save(model.state_dict(), path)"
+                "object, not just tensors); avharness loads only tensors and plain containers "
+                "(torch.load(weights_only=True)); if you trust its source, load it yourself and re-save the weights "
+                "with torch.save(model.state_dict(), path)"
             ) from None
         raise UserError(
             f"{path}: not a readable torch checkpoint: corrupt, not written by torch.save, or a raw pickle, which "
@@ -174,6 +177,9 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
             "with torch.save(model.state_dict(), path)"
         ) from None
     except Exception as e:  # truncated/corrupt zip, not a torch file at all, ...
+        if data[:2] == b"PK" and "central directory" in str(e):
+            raise UserError(f"{path}: the checkpoint is incomplete ({len(data)} bytes; its zip directory is missing): "
+                            "cut short while saving or copying? copy or save it again") from None
         raise UserError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                         "is the file complete and written by torch.save?") from None
 

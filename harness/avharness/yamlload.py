@@ -80,7 +80,7 @@ class _Loader(yaml.SafeLoader):
         self.aliases = 0
 
     def _where(self, mark) -> str:
-        return f"{self.name}:{mark.line + 1}" if mark is not None else self.name
+        return _at(self.name, mark.line + 1 if mark is not None else None)
 
     def compose_node(self, parent, index):
         mark = self.peek_event().start_mark
@@ -126,10 +126,10 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if not isinstance(key, (str, int, float, bool)) or key is None:
-            raise UserError(f"{loader.name}:{line}: keys must be plain scalars, got {key!r}")
+            raise UserError(f"{_at(loader.name, line)}: keys must be plain scalars, got {key!r}")
         if key in out:
             raise UserError(
-                f"{loader.name}:{line}: key {key!r} appears twice in this mapping (first at line {out.key_lines[key]})"
+                f"{_at(loader.name, line)}: key {key!r} appears twice in this mapping (first at line {out.key_lines[key]})"
             )
         out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
@@ -153,6 +153,11 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+
+
+def _at(name: str, line: int | None) -> str:
+    """``file:line``; a command-line value (``--set key``) is one line and is named without one."""
+    return name if line is None or name.startswith("--") else f"{name}:{line}"
 
 
 def _too_big(name: str, size: str, limits: Limits) -> UserError:
@@ -196,7 +201,7 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> UserError:
     """One line for a YAML syntax error, at the line a person would look at."""
     problem, context = exc.problem or "", exc.context or ""
     pmark, cmark = exc.problem_mark, exc.context_mark
-    at = lambda m: f"{name}:{m.line + 1}" if m is not None else name  # noqa: E731
+    at = lambda m: _at(name, m.line + 1 if m is not None else None)  # noqa: E731
     opener = re.match(r"while (?:parsing|scanning) a (flow mapping|flow sequence|quoted scalar)", context)
     if opener and cmark is not None:  # an unclosed { [ or quote: the error belongs where it was opened
         what = {"flow mapping": ("'{'", "'}'"), "flow sequence": ("'['", "']'"),
@@ -213,8 +218,12 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> UserError:
     if tag:
         return UserError(f"{at(pmark)}: YAML tag {tag.group(1).replace('tag:yaml.org,2002:', '!!')} is not "
                          "allowed: a suite holds plain data (mappings, lists, strings, numbers); remove the tag")
+    if context.startswith("expected a single document"):
+        return UserError(f"{at(pmark)}: YAML syntax error: expected a single document, but a second one starts here "
+                         "('---'); a suite is one document: remove the second or split it into its own file")
     mark = pmark or cmark
-    what = problem or context or "invalid YAML"
+    what = (f"{problem} ({context})" if context.startswith("while") else f"{context} {problem}") \
+        if problem and context else problem or context or "invalid YAML"
     return UserError(f"{at(mark)}: YAML syntax error: {what}; fix the indentation or quoting there")
 
 
@@ -231,7 +240,7 @@ def parse_yaml(text: str, name: str = "<string>", limits: Limits | None = None):
         pos = exc.position if isinstance(exc.position, int) else 0
         code = exc.character if isinstance(exc.character, int) else ord(exc.character or "?")
         escape = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-        raise UserError(f"{name}:{_line_of(text, pos)}: control character U+{code:04X} is not allowed in YAML (it is "
+        raise UserError(f"{_at(name, _line_of(text, pos))}: control character U+{code:04X} is not allowed in YAML (it is "
                         "invisible in most editors); delete it, or write it as an escape inside double quotes "
                         f'("{escape}")') from None
     except yaml.MarkedYAMLError as exc:
