@@ -156,7 +156,8 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
     except OSError as e:
         raise UserError(f"{path}: cannot read the weights file ({e})") from None
     if not data:
-        raise UserError(f"{path}: the weights file is empty (0 bytes); was it cut short while saving or copying?")
+        raise UserError(f"{path}: not a readable torch checkpoint: the file is empty (0 bytes); was it cut short while "
+                        "saving or copying?")
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
@@ -178,8 +179,8 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
         ) from None
     except Exception as e:  # truncated/corrupt zip, not a torch file at all, ...
         if data[:2] == b"PK" and "central directory" in str(e):
-            raise UserError(f"{path}: the checkpoint is incomplete ({len(data)} bytes; its zip directory is missing): "
-                            "cut short while saving or copying? copy or save it again") from None
+            raise UserError(f"{path}: not a readable torch checkpoint: it is incomplete ({len(data)} bytes; its zip "
+                            "directory is missing): cut short while saving or copying? copy or save it again") from None
         raise UserError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                         "is the file complete and written by torch.save?") from None
 
