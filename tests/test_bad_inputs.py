@@ -788,6 +788,13 @@ def test_store_damage_is_logged_once(tmp_path):
     store.cell_path("k").parent.mkdir(parents=True)
     store.cell_path("k").write_text("{}")
     assert store.load_cell("k") is None and len(logs) == 1 and "recomputing" in logs[0]
+    metric = tmp_path / "model_metrics" / "m.json"
+    metric.parent.mkdir()
+    for damaged in ("[]", "{}", "{\"wall_s\": 1", '{"wall_s": "x", "higher_is_better": {}}'):
+        metric.write_text(damaged)
+        assert store.load_model_metric(metric) is None and "recomputing" in logs[-1]
+    metric.write_text('{"wall_s": 1.5, "higher_is_better": {"a": true}, "a": 0.3}')
+    assert store.load_model_metric(metric)["a"] == 0.3
 
 
 def test_yaml_limits_are_enforced_while_composing():

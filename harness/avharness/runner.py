@@ -336,8 +336,9 @@ def _model_metrics(suite, dataset, tr: Trained, model_metrics, eval_id, eval_n, 
             {"format": STORE_FORMAT, "train": tr.key, "metric": mspec.identity(), "eval": eval_id, "seed": suite.seed}
         )[:20]
         path = store.root / "model_metrics" / f"{key}.json"
-        if path.exists():
-            tr.metrics[mspec.name] = json.loads(path.read_text())
+        stored = store.load_model_metric(path)
+        if stored is not None:
+            tr.metrics[mspec.name] = stored
             continue
         reporter.log(f"model {tr.spec.name}: {mspec.name}")
         t = time.perf_counter()

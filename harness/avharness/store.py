@@ -103,7 +103,7 @@ OPTIONAL_CELL_FIELDS: dict[str, Callable] = {
     "details": lambda v: isinstance(v, dict),
     "success_rule": lambda v: v is None or isinstance(v, str),
 }
-SAMPLE_FIELDS = {"id": lambda v: isinstance(v, str), "clean_correct": lambda v: isinstance(v, bool),
+SAMPLE_FIELDS = {"id": lambda v: isinstance(v, (str, int)), "clean_correct": lambda v: isinstance(v, bool),
                  "robust": lambda v: isinstance(v, bool)}
 
 
@@ -204,6 +204,21 @@ class Store:
 
     def save_cell(self, key: str, cell: dict) -> None:
         atomic_write_json(self.cell_path(key), cell)
+
+    def load_model_metric(self, path: Path) -> dict | None:
+        """A stored model-scope metric result, or None when absent or damaged (then it is recomputed)."""
+        if not path.exists():
+            return None
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.log(f"store: model metric {path.name} is unreadable ({type(exc).__name__}); recomputing it")
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("higher_is_better"), dict) \
+                or not _is_num(obj.get("wall_s")):
+            self.log(f"store: model metric {path.name} is damaged (not a metric result); recomputing it")
+            return None
+        return obj
 
 
 def _free_name(path: Path) -> Path:
