@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,19 @@ EXIT_USER = 2
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line (``avharness: error: ...``, exit 2), like every other user error."""
+
+    def error(self, message: str):
+        if "required: command" in message or message.endswith("required: plugin_command") or \
+                message.endswith("required: data_command") or message.endswith("required: model_command"):
+            choices = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            message = f"no command given; choose one of {', '.join(choices)}"
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avharness", description="Adversarial robustness of audio, video and audio-visual models.")
+    p = _Parser(prog="avharness", description="Adversarial robustness of audio, video and audio-visual models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="run a suite and write its report")
@@ -30,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the suite's device")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
     r.add_argument("--strict", action="store_true", help="exit 1 when a validity check in the report fails (for CI)")
+    _lock_args(r)
 
     v = sub.add_parser("validate", help="check a suite without running it")
     v.add_argument("suite")
@@ -71,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     mi.add_argument("suite")
     mi.add_argument("-o", "--output", required=True, help="folder for <model name>.pt files")
     mi.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _lock_args(mi)
 
     c = sub.add_parser("check", help="compare a report with a baseline; exit 1 when a metric moved")
     c.add_argument("report", help="report.json (or its folder)")
@@ -79,8 +93,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _lock_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true",
+                   help="when another run holds the output folder, wait for it instead of refusing")
+    p.add_argument("--force-unlock", action="store_true",
+                   help="remove a lock left in the output folder by a run on another host that is known to be dead")
+
+
+def _lock(out: Path, args, reporter_log=None):
+    from .store import output_lock
+
+    return output_lock(out, wait=args.wait, force_unlock=args.force_unlock, log=reporter_log,
+                       command="avharness " + " ".join(sys.argv[1:])[:300])
+
+
+def default_output(suite) -> Path:
+    """reports/<sanitised suite name>: never outside reports/, whatever the name holds."""
+    from .suite import output_name
+
+    reports = Path("reports")
+    out = reports / output_name(suite.name)
+    if not out.resolve().is_relative_to(reports.resolve()):  # e.g. reports/<name> is a symlink leading out
+        raise UserError(f"{suite.path}: name: the default output folder {out} leads outside reports/ "
+                        f"(to {out.resolve()}); choose the output folder with -o DIR")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except UserError as exc:
+        print(f"avharness: error: {exc}", file=sys.stderr)
+        return EXIT_USER
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "plugin": cmd_plugin,
                     "data": cmd_data, "model": cmd_model}
@@ -104,11 +148,11 @@ def cmd_run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     suite = load_suite(args.suite, args.overrides)
-    out = Path(args.output) if args.output else Path("reports") / suite.name
+    out = Path(args.output) if args.output else default_output(suite)
     ensure_writable(out)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     reporter = Reporter(enabled=not args.quiet)
-    with reporter:
+    with _lock(out, args), reporter:
         res = run_suite(suite, out, device=args.device, limit=args.limit, reporter=reporter)
         t = time.perf_counter()
         report = write_report(res, out, started)
@@ -134,7 +178,7 @@ def cmd_validate(args) -> int:
         from .store import Store
 
         plan = compile_plan(suite, get_registry(), limit=args.limit)
-        out = Path(args.output) if args.output else Path("reports") / suite.name
+        out = Path(args.output) if args.output else default_output(suite)
         print(f"{args.suite}: valid; plan (store {out / 'store'}):")
         print("\n".join(plan.describe(Store(out / "store"))))
         return 0
@@ -211,7 +255,7 @@ def cmd_model(args) -> int:
     from .plugins import get_registry, unknown_message
     from .seeding import derive_seed, seed_everything
     from .store import ensure_writable
-    from .suite import _Where, load_suite
+    from .suite import _Where, load_suite, output_name
 
     suite = load_suite(args.suite, args.overrides)
     registry = get_registry()
@@ -223,21 +267,23 @@ def cmd_model(args) -> int:
                           unknown_message("model", mspec.plugin, registry.names("model")))
         check_params(w, mspec, registry.get("model", mspec.plugin))
     out = ensure_writable(args.output)
-    for i, mspec in enumerate(suite.models):
-        seed_everything(derive_seed(suite.seed, "init", mspec.name))
-        model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
-        path = out / f"{mspec.name}.pt"
-        save_state_dict(model, path)
-        print(f"wrote {path} ({sum(p.numel() for p in model.parameters())} parameters): "
-              f"--set models.{i}.checkpoint={path}")
+    with _lock(out, args):
+        for i, mspec in enumerate(suite.models):
+            seed_everything(derive_seed(suite.seed, "init", mspec.name))
+            model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
+            path = out / f"{output_name(mspec.name)}.pt"
+            save_state_dict(model, path)
+            print(f"wrote {path} ({sum(p.numel() for p in model.parameters())} parameters): "
+                  f"--set models.{i}.checkpoint={path}")
     return 0
 
 
 def cmd_check(args) -> int:
     from .compare import compare, read_report
 
-    if args.tolerance < 0:
-        raise UserError("--tolerance must be >= 0")
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise UserError(f"--tolerance {args.tolerance}: must be a finite number >= 0 (the largest absolute change "
+                        "allowed per metric, e.g. --tolerance 0.01)")
     problems = compare(read_report(args.report), read_report(args.baseline), args.tolerance)
     if problems:
         print(f"{len(problems)} differences beyond tolerance {args.tolerance:g}:")

@@ -102,7 +102,8 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
     out_dir = ensure_writable(out_dir)
     with stages("plan"):
         plan = compile_plan(suite, registry, device, limit, log=(reporter or Reporter(enabled=False)).log)
-    return LocalExecutor(Store(out_dir / "store"), reporter, stages).run(plan, started)
+    reporter = reporter or Reporter(enabled=False)
+    return LocalExecutor(Store(out_dir / "store", log=reporter.log), reporter, stages).run(plan, started)
 
 
 class LocalExecutor:
@@ -225,8 +226,9 @@ def _model_metrics(plan: Plan, tr: Trained, store: Store, reporter: Reporter) ->
             {"format": STORE_FORMAT, "train": tr.key, "metric": mspec.identity(), "eval": plan.eval_id, "seed": suite.seed}
         )[:20]
         path = store.root / "model_metrics" / f"{key}.json"
-        if path.exists():
-            tr.metrics[mspec.name] = json.loads(path.read_text())
+        stored = store.load_model_metric(path)
+        if stored is not None:
+            tr.metrics[mspec.name] = stored
             continue
         reporter.log(f"model {tr.spec.name}: {mspec.name}")
         t = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,8 +130,24 @@ def _line(container, key, default=0):
 def _typename(t) -> str:
     if isinstance(t, tuple):
         return " or ".join(_typename(x) for x in t)
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
-            dict: "a mapping", type(None): "null"}.get(t, getattr(t, "__name__", str(t)))
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping", type(None): "null"}
+    if t in names:
+        return names[t]
+    # subclasses (the loader's LineList/LineDict) by what they are, never by an internal class name
+    return next((n for base, n in names.items() if isinstance(t, type) and issubclass(t, base)),
+                getattr(t, "__name__", str(t)))
+
+
+def output_name(name: str) -> str:
+    """The suite name as one safe path component (the default output folder is reports/<this>).
+
+    Separators, ``..``, leading dots and anything outside [A-Za-z0-9._-] become ``_``, so a name like
+    ``../../etc`` cannot lead the default output folder out of ``reports/``.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")
+    safe = re.sub(r"\.{2,}", "_", safe)
+    return safe[:100] or "suite"
 
 
 def _is(value, t) -> bool:
@@ -150,7 +167,7 @@ def parse_assignment(item: str, flag: str, example: str) -> tuple[str, object]:
     key, text = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise UserError(f"{flag} {item!r}: empty key")
+        raise UserError(f"{flag} {item!r}: empty key path")
     return key, parse_yaml(text, f"{flag} {key}")
 
 
@@ -282,7 +299,11 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
             f"must be a probability in (0, 1) above which a label counts as present, got {threshold}",
         )
 
-    models = _plugin_list(w, "model", get("models", list, required=True), "models", named=True)
+    models_raw = get("models", list, required=True)
+    if not models_raw:
+        raise w.error("models", _line(raw, "models"), "the list is empty; a suite needs at least one model, e.g. "
+                      "models: [{name: late, plugin: late_fusion}] (see `avharness list model`)")
+    models = _plugin_list(w, "model", models_raw, "models", named=True)
     defenses = _plugin_list(
         w, "defense", get("defenses", list, None) or _default_list("standard"), "defenses"
     )

@@ -50,6 +50,34 @@ CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 SHOW = 5
 
 
+#: how torch's weights-only unpickler names a global it refused, across torch versions
+_REFUSED = (r"unsupported GLOBAL (\S+)", r"Unsupported global: GLOBAL (\S+)")
+
+
+def _code_globals(message: str, data: bytes) -> str | None:
+    """The callable a pickle would import and run, if torch's refusal (or the raw pickle) shows one."""
+    for pattern in _REFUSED:
+        found = re.search(pattern, message, flags=re.IGNORECASE)
+        if found:
+            return found.group(1)
+    if data[:2] == b"PK":  # a torch zip whose refusal named no global: nothing more to tell
+        return None
+    import pickletools  # a raw pickle (not torch's zip format): find what it would import, without running it
+
+    names, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(data[: 1 << 20])):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif op.name in ("GLOBAL", "INST"):
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # not a pickle at all, or cut short
+        pass
+    return ", ".join(dict.fromkeys(names)) or None
+
+
 def _unwrap(obj, path: Path) -> dict:
     """The state dict inside a checkpoint container."""
     seen = []
@@ -127,18 +155,22 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
         raise UserError(f"{path}: weights file not found") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read the weights file ({e})") from None
+    if not data:
+        raise UserError(f"{path}: not a readable torch checkpoint: the file is empty (0 bytes); was it cut short while "
+                        "saving or copying?")
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says it all
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if refused:
+        code = _code_globals(str(e), data)
+        if code:
             raise UserError(
-                f"{path}: refused to unpickle {refused.group(1)}: torch.load(weights_only=True) loads only tensors and "
-                "plain containers, never arbitrary pickled objects (which could run code); re-save the weights with "
-                "torch.save(model.state_dict(), path)"
+                f"{path}: refused to unpickle {code}: this file asks to run code when loaded (a pickled call or "
+                "object, not just tensors); avharness loads only tensors and plain containers "
+                "(torch.load(weights_only=True)); if you trust its source, load it yourself and re-save the weights "
+                "with torch.save(model.state_dict(), path)"
             ) from None
         raise UserError(
             f"{path}: not a readable torch checkpoint: corrupt, not written by torch.save, or a raw pickle, which "
@@ -146,6 +178,9 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
             "with torch.save(model.state_dict(), path)"
         ) from None
     except Exception as e:  # truncated/corrupt zip, not a torch file at all, ...
+        if data[:2] == b"PK" and "central directory" in str(e):
+            raise UserError(f"{path}: not a readable torch checkpoint: it is incomplete ({len(data)} bytes; its zip "
+                            "directory is missing): cut short while saving or copying? copy or save it again") from None
         raise UserError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                         "is the file complete and written by torch.save?") from None
 

@@ -285,7 +285,7 @@ def load_stats(path: str | Path, pipeline: FeaturePipeline | None = None) -> dic
     try:
         stats = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path}: feature stats file not found; compute it with compute_stats") from None
+        raise UserError(f"{path}: feature stats file not found; compute it with `avharness data stats SUITE -o FILE`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not a valid feature stats JSON file ({e}); recompute it") from None
     if not isinstance(stats, dict):

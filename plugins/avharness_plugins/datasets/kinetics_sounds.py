@@ -149,11 +149,12 @@ def build_kinetics_sounds(
     workers: int | None = None,
     missing: str = "skip",
     check: str = "header",
+    min_duration: float | None = None,
 ):
     """The ``kinetics_sounds`` factory (keyword arguments = suite parameters; see the module docstring)."""
     return KineticsSounds(root, splits, classes, audio, stats, frontend_pipeline, clip_seconds, video, frames,
                           image_size, video_backbone, video_weights, video_bounds, video_device, missing, check,
-                          video_cache, workers)
+                          video_cache, workers, min_duration)
 
 
 class KineticsSounds(ClipDataset):
@@ -162,7 +163,7 @@ class KineticsSounds(ClipDataset):
 
     def __init__(self, root, splits, classes, audio, stats, frontend_pipeline, clip_seconds, video, frames,
                  image_size, video_backbone, video_weights, video_bounds, video_device, missing, check,
-                 video_cache=True, workers=None):
+                 video_cache=True, workers=None, min_duration=None):
         if root is None or (isinstance(root, str) and not root.strip()):
             raise UserError(f"dataset {NAME!r} needs data.root: a folder holding the split manifests (train.csv, "
                             "val.csv, test.csv: header path,label, one clip per row); pass it with "
@@ -206,7 +207,8 @@ class KineticsSounds(ClipDataset):
         elif video_bounds is not None:
             raise UserError(f"dataset {NAME!r}: video_bounds given but video is 'none'; remove it or set video")
         self._setup(root=base, task=Task("multiclass", names), split_files=files, audio_fe=audio_fe, video=source,
-                    missing=missing, check=check, classes_file=classes_file, workers=default_workers(workers))
+                    missing=missing, check=check, classes_file=classes_file, workers=default_workers(workers),
+                    min_duration=min_duration)
 
     def _candidates(self, split: str):
         rows = read_clip_csv(self.split_files[split], self.task.classes, self.classes_source)

@@ -108,6 +108,7 @@ def build_audioset(
     workers: int | None = None,
     missing: str = "skip",
     check: str = "header",
+    min_duration: float | None = None,
 ):
     """The ``audioset`` factory (keyword arguments = suite parameters; see the module docstring).
 
@@ -150,7 +151,7 @@ def build_audioset(
 
     if layout == "hdf5":
         unused(clips=clips, remap=remap, stats=stats, video_features=video_features, video_clips=video_clips,
-               video_weights=video_weights, workers=workers)
+               video_weights=video_weights, workers=workers, min_duration=min_duration)
         if audio not in (None, "features"):
             raise UserError(f"dataset {NAME!r}: the hdf5 layout stores audio features (feat_a) already; "
                             f"audio={audio!r} cannot apply; leave audio unset")
@@ -180,7 +181,7 @@ def build_audioset(
         video_clips=resolve(base, video_clips or "video"), video_backbone=video_backbone,
         video_weights=str(resolve(base, video_weights)) if video_weights else None, video_seconds=video_seconds,
         video_bounds=video_bounds, video_device=video_device, video_cache=video_cache, missing=missing, check=check,
-        workers=workers,
+        workers=workers, min_duration=min_duration,
     )
 
 
@@ -229,7 +230,7 @@ class AudioSetClips(ClipDataset):
                  clips: Path, remap, unknown_labels: str, audio: str, stats, frontend_pipeline: str, clip_seconds,
                  video: str, video_features: Path, video_clips: Path, video_backbone: str, video_weights,
                  video_seconds: int, video_bounds, video_device: str, video_cache: bool, missing: str, check: str,
-                 workers: int | None = None):
+                 workers: int | None = None, min_duration: float | None = None):
         self.layout = layout
         self.labels = label_map
         self.clips_folder = clips
@@ -256,7 +257,8 @@ class AudioSetClips(ClipDataset):
         elif video_bounds is not None:
             raise UserError(f"dataset {NAME!r}: video_bounds given but video is 'none'; remove it or set video")
         self._setup(root=root, task=Task("multilabel", label_map.names), split_files=files, audio_fe=audio_fe,
-                    video=source, missing=missing, check=check, classes_file=label_path, workers=default_workers(workers))
+                    video=source, missing=missing, check=check, classes_file=label_path, workers=default_workers(workers),
+                    min_duration=min_duration)
 
     def _targets(self, mids, where: str, skipped: Counter) -> tuple[int, ...]:
         out = []

@@ -9,7 +9,9 @@ requested video) file is absent, or whose file fails the ``check``, is set aside
 ``check`` decides how hard to look: ``"exists"`` (a stat), ``"header"`` (default: also read each
 file's header -- soundfile's parse, or PyAV opening the container and finding the streams; well
 under a millisecond per wav) or ``"decode"`` (decode every clip once, up front; slow, and it finds
-files whose header is fine but whose data is corrupt). The index is cached, so the sample set of a
+files whose header is fine but whose data is corrupt). ``header`` and ``decode`` also measure the
+audio's length: a clip with less than ``min_duration`` × ``clip_seconds`` of audio (default 0.1: a
+file cut short, e.g. right after its header) counts as unreadable. The index is cached, so the sample set of a
 split never changes between calls. ``missing: skip`` evaluates without the set-aside clips and
 lists them (id and reason) in ``info()`` -- which the report records; ``missing: error`` makes any
 of them a UserError listing the first few and the count. A clip that passed the check but then
@@ -66,6 +68,20 @@ def choice(owner: str, name: str, value, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise UserError(f"{owner}: {name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
+
+
+#: the default shortest usable clip, as a fraction of clip_seconds: shorter audio is a cut-off file
+MIN_DURATION = 0.1
+
+
+def min_duration_param(owner: str, value) -> float:
+    """``min_duration`` (None: the default): a fraction of clip_seconds in [0, 1]."""
+    if value is None:
+        return MIN_DURATION
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UserError(f"{owner}: min_duration must be a fraction of clip_seconds in [0, 1] (clips with less audio "
+                        f"count as unreadable; default {MIN_DURATION}), got {value!r}")
+    return float(value)
 
 
 def positive(owner: str, name: str, value, integer: bool = False):
@@ -456,7 +472,8 @@ class ClipDataset:
         return f"dataset {self.name!r}"
 
     def _setup(self, *, root: Path, task: Task, split_files: dict[str, Path], audio_fe: AudioFrontEnd,
-               video: VideoSource, missing: str, check: str, classes_file: Path | None, workers: int = 1) -> None:
+               video: VideoSource, missing: str, check: str, classes_file: Path | None, workers: int = 1,
+               min_duration: float | None = None) -> None:
         self.root = root
         self.task = task
         self.split_files = split_files
@@ -464,6 +481,8 @@ class ClipDataset:
         self.video = video
         self.missing_policy = choice(self.owner, "missing", missing, MISSING_POLICIES)
         self.check = choice(self.owner, "check", check, CHECKS)
+        self.min_duration = min_duration_param(self.owner, min_duration)
+        self.min_seconds = self.min_duration * audio_fe.clip_seconds
         self.classes_file = classes_file
         self.specs = {"audio": audio_fe.spec}
         if video.spec is not None:
@@ -566,6 +585,7 @@ class ClipDataset:
             "video": self.video.describe(),
             "missing_policy": self.missing_policy,
             "check": self.check,
+            "min_duration": self.min_duration,
             "check_note": {
                 "exists": "clips were only checked to exist; one that fails to decode stops the run with its name",
                 "header": "each clip's header was read when the split was indexed; one whose data then fails to "
@@ -651,9 +671,9 @@ class ClipDataset:
             return None
         try:
             if same:
-                cl.probe(c.audio, audio=True, video=True)
+                cl.probe(c.audio, audio=True, video=True, min_seconds=self.min_seconds)
             else:
-                cl.probe(c.audio, audio=True)
+                cl.probe(c.audio, audio=True, min_seconds=self.min_seconds)
         except cl.ClipError as exc:
             return f"unreadable {'clip' if same else 'audio'} {c.audio.name}: {exc}"
         if deep:

@@ -44,11 +44,19 @@ def _is_soundfile(path: Path) -> bool:
 # ----------------------------------------------------------------------------------------- probing
 
 
-def probe(path: str | Path, *, audio: bool = True, video: bool = False) -> None:
+def _too_short(seconds: float, min_seconds: float) -> ClipError:
+    return ClipError(f"audio is {seconds:.3g} s long, under the minimum {min_seconds:.3g} s (min_duration × "
+                     "clip_seconds): a file cut short")
+
+
+def probe(path: str | Path, *, audio: bool = True, video: bool = False, min_seconds: float = 0.0) -> None:
     """Read only the header of ``path`` and check it holds the streams asked for; ClipError if not.
 
     Cheap (no sample is decoded): soundfile's header parse, or PyAV opening the container (which
-    reads the stream table, e.g. an mp4's moov atom).
+    reads the stream table, e.g. an mp4's moov atom). With ``min_seconds``, audio shorter than that
+    is a ClipError too: libsndfile counts the frames actually present (a wav cut right after its
+    header has almost none, whatever the header claims); for containers, the audio stream's (or
+    container's) stated duration, when it states one.
     """
     path = Path(path)
     if _is_soundfile(path):
@@ -62,6 +70,8 @@ def probe(path: str | Path, *, audio: bool = True, video: bool = False) -> None:
             raise ClipError(f"unreadable audio header ({_why(exc)})") from None
         if info.frames <= 0 or info.samplerate <= 0:
             raise ClipError("audio file has no samples")
+        if info.frames / info.samplerate < min_seconds:
+            raise _too_short(info.frames / info.samplerate, min_seconds)
         return
     import av
 
@@ -71,10 +81,23 @@ def probe(path: str | Path, *, audio: bool = True, video: bool = False) -> None:
                 raise ClipError("no audio stream")
             if video and not container.streams.video:
                 raise ClipError("no video stream")
+            if audio and min_seconds > 0:
+                seconds = _stated_seconds(container)
+                if seconds is not None and seconds < min_seconds:
+                    raise _too_short(seconds, min_seconds)
     except ClipError:
         raise
     except Exception as exc:  # av.error.InvalidDataError and friends
         raise ClipError(f"unreadable container ({_why(exc)})") from None
+
+
+def _stated_seconds(container) -> float | None:
+    stream = container.streams.audio[0]
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base
+    return None
 
 
 # ------------------------------------------------------------------------------------------- audio
