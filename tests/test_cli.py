@@ -53,6 +53,12 @@ BAD = {
     "unequal sweep": (GOOD.replace("video: {norm: l2, eps: [0.0, 2.0]}", "video: {norm: l2, eps: [0.0, 1.0, 2.0]}"), r"threats\[1\]\.\w+\.eps: has \d values but"),
     "bad norm": (GOOD.replace("norm: linf", "norm: l7"), r"threats\[0\].audio.norm: must be one of linf, l2"),
     "duplicate name": (GOOD.replace("name: fused", "name: audio"), r"models\[1\].name: name 'audio' is already used"),
+    "threat no model takes": (GOOD.replace("  - {name: fused, plugin: linear_av}\n", ""),
+                              r"threats\[1\]: threat 'joint-l2' is taken by no model and attack: audio × fgsm: "
+                              r"model reads audio; threat attacks video"),
+    "no cell at all": (GOOD.replace("  - {name: fused, plugin: linear_av}\n", "").replace(
+        "  - {name: audio-linf, audio: {norm: linf, eps: [0.0, 0.5, 2.0]}}\n", ""),
+        r"threats: no cell to run: every \(model, attack, threat\) combination is skipped — audio × fgsm × joint-l2"),
 }
 
 

@@ -6,6 +6,7 @@ User errors print one line and exit 2; an interrupted run keeps its finished cel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import math
 import sys
@@ -139,27 +140,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
-    from .executor import run_suite
+    from .executor import execute_plan
+    from .plan import compile_plan
     from .progress import Reporter
     from .report import write_report
-    from .store import ensure_writable
+    from .store import check_output_folder, ensure_writable
     from .suite import load_suite
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     suite = load_suite(args.suite, args.overrides)
-    out = Path(args.output) if args.output else default_output(suite)
-    ensure_writable(out)
+    out = check_output_folder(Path(args.output) if args.output else default_output(suite))
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     reporter = Reporter(enabled=not args.quiet)
-    with _lock(out, args), reporter:
-        res = run_suite(suite, out, device=args.device, limit=args.limit, reporter=reporter)
+    t0 = time.perf_counter()
+    with reporter, contextlib.ExitStack() as held:
+        if out.exists():  # another run may own it: find out before spending time on the plan
+            held.enter_context(_lock(out, args))
+        # every suite and plugin error is raised here, before a new output folder is created
+        plan = compile_plan(suite, device=args.device, limit=args.limit, log=reporter.log)
+        plan_s = time.perf_counter() - t0
+        if not out.exists():
+            ensure_writable(out)
+            held.enter_context(_lock(out, args))
+        res = execute_plan(plan, out, reporter=reporter, plan_s=plan_s)
         t = time.perf_counter()
         report = write_report(res, out, started)
     report_s = time.perf_counter() - t
     reused = sum(c["reused"] for c in report["cells"])
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}: {len(report['cells'])} cells "
           f"({reused} reused), {report['stages']['total_s'] + report_s:.1f}s")
+    for pair in dict.fromkeys(f"{s['model']} ({s['defense']}) × {s['threat']}: {s['reason']}" for s in report["skipped"]):
+        print(f"skipped {pair}")
     failed = [c for c in report["checks"] if c["status"] == "fail"]
     for c in failed:
         print(f"check failed: {c['name']} ({c['subject']}): value {c['value']}, threshold {c['threshold']} — {c['doc']}",
@@ -168,24 +180,21 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .components import check_plugins
+    """Compile the plan, as a run would, without training or attacking anything."""
+    from .plan import compile_plan
     from .plugins import get_registry
+    from .store import Store
     from .suite import load_suite
 
     suite = load_suite(args.suite, args.overrides)
+    plan = compile_plan(suite, get_registry(), limit=args.limit)
     if args.plan:
-        from .plan import compile_plan
-        from .store import Store
-
-        plan = compile_plan(suite, get_registry(), limit=args.limit)
         out = Path(args.output) if args.output else default_output(suite)
         print(f"{args.suite}: valid; plan (store {out / 'store'}):")
         print("\n".join(plan.describe(Store(out / "store"))))
         return 0
-    check_plugins(suite, get_registry())
-    n_eps = sum(t.steps for t in suite.threats)
-    print(f"{args.suite}: valid — {len(suite.models)} models × {len(suite.defenses)} defenses × "
-          f"{len(suite.attacks)} attacks × {n_eps} threat budgets (before skipping threats a model cannot take)")
+    print(f"{args.suite}: valid — {len(plan.units)} training units, {len(plan.cells)} cells, "
+          f"{len(plan.skipped)} (model, attack, threat) combinations skipped; --plan lists them")
     return 0
 
 

@@ -97,13 +97,19 @@ class Stages:
 def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limit: int | None = None,
               reporter: Reporter | None = None, registry: Registry | None = None) -> RunResult:
     """Compile the suite into a plan and run it here (the local executor)."""
-    stages = Stages()
-    started = time.perf_counter()
-    out_dir = ensure_writable(out_dir)
-    with stages("plan"):
-        plan = compile_plan(suite, registry, device, limit, log=(reporter or Reporter(enabled=False)).log)
+    t = time.perf_counter()
+    plan = compile_plan(suite, registry, device, limit, log=(reporter or Reporter(enabled=False)).log)
+    return execute_plan(plan, out_dir, reporter, plan_s=time.perf_counter() - t)
+
+
+def execute_plan(plan: Plan, out_dir: str | Path, reporter: Reporter | None = None, plan_s: float = 0.0) -> RunResult:
+    """Run a compiled plan on the local executor, storing results under ``out_dir/store``."""
     reporter = reporter or Reporter(enabled=False)
-    return LocalExecutor(Store(out_dir / "store", log=reporter.log), reporter, stages).run(plan, started)
+    stages = Stages()
+    stages.times["plan"] = plan_s
+    out_dir = ensure_writable(out_dir)
+    store = Store(out_dir / "store", log=reporter.log)
+    return LocalExecutor(store, reporter, stages).run(plan, time.perf_counter() - plan_s)
 
 
 class LocalExecutor:

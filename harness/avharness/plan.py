@@ -138,7 +138,6 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
     if suite.eval_split not in dataset.splits():
         raise w.error("eval.split", 0,
                       f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
-    log(f"data: {suite.data.plugin} (building or loading its cache)")
     manifests = {s: dataset.manifest(s) for s in dataset.splits()}
     for split in dataset.splits():  # before any training: a malformed dataset is a clear error
         check_batch(next(iter(dataset.batches(split, 2))), dataset, suite.data.plugin)
@@ -171,7 +170,30 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
                         threat = tspec.at(step, dataset.specs)
                         plan.cells.append(PlannedCell(unit, aspec, attack, tspec, step, threat,
                                                       _cell_key(plan, unit, aspec, threat)))
+    _check_coverage(w, plan)
+    log(f"plan: {len(plan.units)} training units, {len(plan.cells)} cells, {len(plan.skipped)} skipped; "
+        f"{eval_n} samples of {suite.data.plugin} split {suite.eval_split!r}")
     return plan
+
+
+def _check_coverage(w: _Where, plan: Plan) -> None:
+    """A threat (or a whole suite) that yields no cell is a mistake in the suite: say why, per pair."""
+    if not plan.suite.attacks:
+        return  # a suite may train and report clean results only
+    taken = {c.threat_spec.name for c in plan.cells}
+    for tspec in plan.suite.threats:
+        if tspec.name in taken:
+            continue
+        why = sorted({f"{s['model']} × {s['attack']}: {s['reason']}" for s in plan.skipped
+                      if s["threat"] == tspec.name})
+        if not plan.cells:
+            why = sorted({f"{s['model']} × {s['attack']} × {s['threat']}: {s['reason']}" for s in plan.skipped})
+            raise w.error("threats", 0, "no cell to run: every (model, attack, threat) combination is skipped — "
+                          + "; ".join(why[:6]) + ("; ..." if len(why) > 6 else "")
+                          + "; add a model that reads the threatened modality or change the threats")
+        raise w.error(f"{tspec.where}", tspec.lines.get("name", 0),
+                      f"threat {tspec.name!r} is taken by no model and attack: " + "; ".join(why[:4])
+                      + ("; ..." if len(why) > 4 else "") + "; remove it or add a model that can face it")
 
 
 def _model_modalities(w: _Where, mspec: PluginSpec, registry: Registry, dataset) -> tuple[str, ...]:

@@ -245,6 +245,26 @@ def ensure_writable(folder: str | Path) -> Path:
     return folder
 
 
+def check_output_folder(folder: str | Path) -> Path:
+    """Refuse an output folder that could not be created or written, without creating anything.
+
+    The first existing ancestor must be a writable folder; the run creates the rest only once its
+    plan has compiled, so a suite error leaves no empty folder behind.
+    """
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    reason = None
+    if probe.exists() and not probe.is_dir():
+        reason = "Not a directory"
+    elif probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        reason = "Permission denied"
+    if reason:
+        raise UserError(f"{folder}: output folder is not writable ({reason}); choose another with -o DIR")
+    return folder
+
+
 # ------------------------------------------------------------------------------------ the lock
 
 LOCK_NAME = ".avharness.lock"
