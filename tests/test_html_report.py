@@ -82,6 +82,7 @@ def test_markdown_links_the_plots_and_keeps_the_summary_first(finished):
     md = (finished / "report.md").read_text()
     linked = re.findall(r"\]\((plots/[^)]+\.svg)\)", md)
     assert linked and all((finished / p).exists() for p in linked)
+    assert all(line.endswith(".svg)") for line in md.splitlines() if line.startswith("- [")), "a link broke across lines"
     assert sorted(linked) == sorted(f"plots/{p.name}" for p in (finished / "plots").glob("*.svg"))
     order = [md.index(h) for h in ("## Clean vs robust accuracy", "## Plots", "## Findings", "### pgd — threat audio-linf",
                                    "## All cells")]

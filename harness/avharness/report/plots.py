@@ -143,7 +143,8 @@ def _threat_axis(report: dict, cells: list[dict]) -> dict:
         "x": dict(zip(steps, xs if numeric else range(len(steps)))),
         "ticks": xs if numeric else list(range(len(steps))),
         "ticklabels": labels,
-        "label": " / ".join(parts) if numeric else "sweep step: " + " / ".join(parts),
+        # one line per modality: a joint threat's label would not fit one axis width
+        "label": ("" if numeric else "sweep step: ") + "\n".join(parts),
     }
 
 
@@ -436,6 +437,7 @@ def plan_plots(report: dict) -> list[Plot]:
                           lambda s: _cost_figure(report)))
     seen: dict[str, int] = {}
     for p in plots:  # two names that slug alike must not share a file
+        p.title = p.title.replace("\n", " ")  # the figure's own title may wrap; links and headings do not
         if p.id in seen:
             seen[p.id] += 1
             p.id = f"{p.id}-{seen[p.id]}"
