@@ -77,7 +77,8 @@ def shared_audioset() -> Path:
 
 @pytest.fixture(autouse=True)
 def reports_match_schema(monkeypatch):
-    """Every report any test writes is validated against the published JSON Schema."""
+    """Every report any test writes is validated against the published JSON Schema, and its report.html
+    parses as HTML and loads nothing from the network (cheap checks; tests/test_html_report.py has the rest)."""
     import jsonschema
 
     import avharness.report as report_pkg
@@ -92,6 +93,9 @@ def reports_match_schema(monkeypatch):
         errors = sorted(validator.iter_errors(json.loads(out.read_text())), key=lambda e: list(e.path))
         assert not errors, "report.json breaks schema.json: " + "; ".join(
             f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+        from test_html_report import check_page
+
+        check_page((out.parent / "report.html").read_text())
         return report
 
     monkeypatch.setattr(build, "write_report", checked)

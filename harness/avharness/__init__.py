@@ -2,10 +2,14 @@
 
 The core knows no concrete dataset, model, attack, defense or metric: those are plugins found
 through entry points in group ``avharness`` (the built-ins included).
+
+From Python: ``avharness.run(suite, ...)`` runs a suite and ``avharness.load_report(folder)`` reads a
+finished run; both return a ``Report`` (tables as pandas DataFrames, figures from matplotlib).
 """
 
 __version__ = "0.1.0"
 
+from .api import Report, load_report, run
 from .contracts import Attack, AttackOutput, AttackStats, Defense, Evidence, FitContext, Metric, ModelEvidence, ModelMetric
 from .data import Batch, Dataset, InputSpec
 from .errors import NumericalError, UserError
@@ -35,6 +39,7 @@ __all__ = [
     "ModelEvidence",
     "ModelMetric",
     "NumericalError",
+    "Report",
     "SampleRNG",
     "Task",
     "ThreatModel",
@@ -45,7 +50,9 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "load_model",
+    "load_report",
     "model_spec",
+    "run",
     "save_model",
     "seed_everything",
 ]

@@ -1,4 +1,4 @@
-"""The ``avharness`` command: run, validate, list, check.
+"""The ``avharness`` command: run, validate, list, check, report (re-render), plugin, data, model.
 
 User errors print one line and exit 2; an interrupted run keeps its finished cells and exits 130.
 """
@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     mi.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     _lock_args(mi)
 
+    rp = sub.add_parser("report", help="render a finished run's report.md / report.html again from its report.json and "
+                        "samples.jsonl, running nothing")
+    rp.add_argument("run_dir", help="the run's output folder (or its report.json)")
+    rp.add_argument("--format", choices=["html", "md", "all"], default="all",
+                    help="what to write: report.html (with plots/), report.md (with plots/), or both (default)")
+
     c = sub.add_parser("check", help="compare a report with a baseline; exit 1 when a metric moved")
     c.add_argument("report", help="report.json (or its folder)")
     c.add_argument("--baseline", required=True, help="baseline report.json")
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "plugin": cmd_plugin,
-                    "data": cmd_data, "model": cmd_model}
+                    "data": cmd_data, "model": cmd_model, "report": cmd_report}
         return commands[args.command](args)
     except UserError as exc:
         print(f"avharness: error: {exc}", file=sys.stderr)
@@ -168,7 +174,7 @@ def cmd_run(args) -> int:
         report = write_report(res, out, started)
     report_s = time.perf_counter() - t
     reused = sum(c["reused"] for c in report["cells"])
-    print(f"wrote {out / 'report.json'} and {out / 'report.md'}: {len(report['cells'])} cells "
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {out / 'report.html'}: {len(report['cells'])} cells "
           f"({reused} reused), {report['stages']['total_s'] + report_s:.1f}s")
     for pair in dict.fromkeys(f"{s['model']} ({s['defense']}) × {s['threat']}: {s['reason']}" for s in report["skipped"]):
         print(f"skipped {pair}")
@@ -284,6 +290,16 @@ def cmd_model(args) -> int:
             save_state_dict(model, path)
             print(f"wrote {path} ({sum(p.numel() for p in model.parameters())} parameters): "
                   f"--set models.{i}.checkpoint={path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report.build import rerender
+
+    written = rerender(args.run_dir, args.format)
+    pages = [p for p in written if p.suffix in (".md", ".html")]
+    plots = len(written) - len(pages)
+    print(f"wrote {' and '.join(str(p) for p in pages)} ({plots} plots in {Path(pages[0]).parent / 'plots'})")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Building the report from a run: ``report.json`` (schema ``avharness/report@1``, JSON Schema in
-``schema.json``), ``samples.jsonl`` and the rendered ``report.md``.
+``schema.json``), ``samples.jsonl``, the rendered ``report.md`` and ``report.html`` (with ``plots/*.svg``), and rendering
+a finished run again from its files (``rerender``, the ``avharness report`` command).
 
 Every number here is computed from the run's cell records (``records.py``); none is typed in. The
 checks, findings and renderers read the same records the executor built.
@@ -17,11 +18,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..store import atomic_write_json, atomic_write_text
+from ..errors import UserError
+from ..store import atomic_write_json, atomic_write_text, json_safe
 from .checks import cell_checks, model_checks
 from .findings import findings
 from .markdown import render_markdown
-from .records import CellRecord, ModelRecord, without_samples
+from .plots import samples_by_cell
+from .records import CellRecord, ModelRecord, per_class_drop, without_samples
 
 SCHEMA = "avharness/report@1"
 
@@ -101,17 +104,6 @@ def build_report(res, started: str) -> dict:
     }
 
 
-def per_class_drop(samples: list[dict], num_classes: int) -> dict[str, float]:
-    """Per class: clean accuracy minus robust accuracy over the samples of that class."""
-    clean, robust, count = [0] * num_classes, [0] * num_classes, [0] * num_classes
-    for x in samples:
-        for c in (x["target"] if isinstance(x["target"], list) else [x["target"]]):
-            count[c] += 1
-            clean[c] += x["clean_correct"]
-            robust[c] += x["robust"]
-    return {str(c): (clean[c] - robust[c]) / count[c] for c in range(num_classes) if count[c]}
-
-
 def predictions(res) -> list[dict]:
     """Spearman correlation of every per-class model metric with each class's robust-accuracy drop.
 
@@ -148,12 +140,70 @@ def write_samples(cells: list[CellRecord], path: Path) -> None:
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def read_samples(path: Path) -> dict[str, list[dict]]:
+    """samples.jsonl grouped by cell id; a missing or damaged file is a one-line UserError."""
+    if not path.exists():
+        raise UserError(f"{path}: no samples.jsonl beside report.json (a run writes both); rerun the suite to recreate it")
+    lines = []
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            x = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{i}: not a JSON line ({exc.msg}); the file is damaged — rerun the suite") from None
+        if not isinstance(x, dict) or "cell" not in x:
+            raise UserError(f"{path}:{i}: not a sample record (no 'cell' key); the file is damaged — rerun the suite")
+        lines.append(x)
+    return samples_by_cell(lines)
+
+
+#: what ``avharness report --format`` may ask for
+FORMATS = {"md": ("md",), "html": ("html",), "all": ("md", "html")}
+
+
+def render(report: dict, samples: dict[str, list[dict]], out_dir: str | Path, formats=("md", "html")) -> list[Path]:
+    """Write report.md and/or report.html (with ``plots/*.svg``) from a report as report.json holds it
+    and its samples grouped by cell. Re-rendering the same report gives the same bytes."""
+    from .html import write_html
+
+    out_dir = Path(out_dir)
+    written = []
+    if "md" in formats:
+        atomic_write_text(out_dir / "report.md", render_markdown(report))
+        written.append(out_dir / "report.md")
+    return written + write_html(report, samples, out_dir, formats)
+
+
+def rerender(run_dir: str | Path, fmt: str = "all") -> list[Path]:
+    """Render a finished run again from its report.json and samples.jsonl, running nothing."""
+    from ..compare import read_report
+
+    run_dir = Path(run_dir)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    report = read_report(run_dir)
+    try:
+        return render(report, read_samples(run_dir / "samples.jsonl"), run_dir, FORMATS[fmt])
+    except (KeyError, TypeError, IndexError) as exc:
+        raise UserError(f"{run_dir / 'report.json'}: the report lacks what the renderer needs ({type(exc).__name__}: "
+                        f"{exc}); was it written by another avharness version?") from None
+
+
 def write_report(res, out_dir: str | Path, started: str, extra_stages: dict | None = None) -> dict:
     out_dir = Path(out_dir)
     report = build_report(res, started)
     if extra_stages:
         report["stages"].update(extra_stages)
     write_samples(res.cells, out_dir / "samples.jsonl")
-    atomic_write_text(out_dir / "report.md", render_markdown(report))
+    # rendered from exactly what report.json and samples.jsonl hold, as `avharness report` does later
+    stored = json.loads(json.dumps(json_safe(report), allow_nan=False))
+    render(stored, read_samples(out_dir / "samples.jsonl"), out_dir)
     atomic_write_json(out_dir / "report.json", report)  # last: its presence means the report is whole
     return report

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ..contracts import AttackStats
 from .findings import render as render_findings
+from .plots import plan_plots
 
 SUFFIX = AttackStats.STAGE_ROBUST_SUFFIX
+
 
 def _pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}"
@@ -100,13 +102,11 @@ def findings_section(r: dict) -> list[str]:
     return md
 
 
-def summary(r: dict) -> list[str]:
-    """Clean vs robust accuracy per model and threat, at the strongest budget."""
-    md = []
+def summary_rows(r: dict) -> tuple[list[str], list[list[str]]]:
+    """The summary table (header, rows): clean accuracy and, per threat, robust accuracy at its strongest
+    budget, worst case over attacks, per (model, defense). report.html shows the same table."""
     cells = r["cells"]
     threats = list(dict.fromkeys(c["threat"] for c in cells))
-    md += ["## Clean vs robust accuracy, by model and threat", ""]
-    md += ["Robust accuracy at each threat's strongest budget, worst case over the suite's attacks.", ""]
     rows = []
     for m in r["models"]:
         mine = [c for c in cells if c["model"] == m["name"] and c["defense"] == m["defense"]]
@@ -122,8 +122,26 @@ def summary(r: dict) -> list[str]:
             top = max(c["step"] for c in tc)
             row.append(_pct(min(c["robust_accuracy"] for c in tc if c["step"] == top)))
         rows.append(row)
-    md += _table(["model", "defense", "reads", "clean"] + [f"{t}" for t in threats], rows) + [""]
+    return ["model", "defense", "reads", "clean"] + threats, rows
 
+
+def summary(r: dict) -> list[str]:
+    """Clean vs robust accuracy per model and threat, at the strongest budget."""
+    md = ["## Clean vs robust accuracy, by model and threat", ""]
+    md += ["Robust accuracy at each threat's strongest budget, worst case over the suite's attacks.", ""]
+    header_, rows = summary_rows(r)
+    return md + _table(header_, rows) + [""]
+
+
+def plots_section(r: dict) -> list[str]:
+    """Links to the figures written beside report.md (``plots/*.svg``); report.html shows them inline."""
+    plots = plan_plots(r)
+    if not plots:
+        return []
+    md = ["## Plots", "", "The figures are in `plots/` beside this file and, with everything else, in `report.html`.", ""]
+    overview = plots[0]
+    md += [f"![{overview.title}]({overview.file})", ""]
+    md += [f"- [{p.title}]({p.file})" for p in plots[1:]] + [""]
     return md
 
 
@@ -298,8 +316,10 @@ def wall_time(r: dict) -> list[str]:
     return md
 
 
-SECTIONS = (header, findings_section, summary, sweep_tables, predictions_section, models_section, cells_section,
-            checks_section, stages_section, skipped_section, wall_time)
+#: the summary first, then the figures and the short sections; the long per-attack sweep tables and
+#: the table of every cell last
+SECTIONS = (header, summary, plots_section, findings_section, checks_section, skipped_section, predictions_section,
+            models_section, sweep_tables, stages_section, cells_section, wall_time)
 
 
 def render_markdown(r: dict) -> str:

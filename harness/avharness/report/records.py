@@ -106,3 +106,14 @@ def without_samples(cell: CellRecord) -> dict:
     out = {"id": cell["id"]}
     out.update({k: v for k, v in cell.items() if k not in ("samples", "id")})
     return out
+
+
+def per_class_drop(samples: list[dict], num_classes: int) -> dict[str, float]:
+    """Per class: clean accuracy minus robust accuracy over the samples of that class."""
+    clean, robust, count = [0] * num_classes, [0] * num_classes, [0] * num_classes
+    for x in samples:
+        for c in (x["target"] if isinstance(x["target"], list) else [x["target"]]):
+            count[c] += 1
+            clean[c] += x["clean_correct"]
+            robust[c] += x["robust"]
+    return {str(c): (clean[c] - robust[c]) / count[c] for c in range(num_classes) if count[c]}
