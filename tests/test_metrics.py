@@ -53,7 +53,7 @@ def test_attack_success_rate_known_answer():
     ev = mc_evidence([0, 1, 2, 0, 2], [0, 0, 2, 1, 1], [0, 1, 2, 0, 1])
     # clean-correct: samples 0..3; the attack broke 1 and 3 -> 2 / 4.
     assert build_attack_success_rate().compute(ev) == {"attack_success_rate": pytest.approx(0.5)}
-    assert build_attack_success_rate().higher_is_better == {"attack_success_rate": True}
+    assert build_attack_success_rate().higher_is_better == {"attack_success_rate": False}
 
 
 def test_attack_success_rate_without_clean_correct_samples_is_zero():
@@ -98,7 +98,7 @@ def test_perturbation_known_answer():
     assert all(math.isfinite(v) for v in out.values())
     assert set(out) <= set(metric.higher_is_better)
     for key in out:
-        assert metric.higher_is_better[key] is key.endswith("_snr_db_mean")
+        assert metric.higher_is_better[key] is not key.endswith("_snr_db_mean")
 
 
 def test_perturbation_without_any_perturbed_sample():
@@ -110,7 +110,7 @@ def test_perturbation_without_any_perturbed_sample():
 
 def test_perturbation_directions_for_any_modality_name():
     hib = build_perturbation().higher_is_better
-    assert hib["depth_l2_max"] is False and hib.get("depth_snr_db_mean") is True
+    assert hib["depth_l2_max"] is True and hib.get("depth_snr_db_mean") is False
     assert "depth_linf_mean" in hib and "depth_other" not in hib and hib.get("_l2_max") is None
     with pytest.raises(KeyError):
         hib["nonsense"]
@@ -125,7 +125,7 @@ def test_perturbation_directions_gain_computed_keys():
     copied = {}
     copied.update(metric.higher_is_better)
     assert set(out) <= set(copied)
-    assert copied["depth_snr_db_mean"] is True and copied["depth_l2_mean"] is False
+    assert copied["depth_snr_db_mean"] is False and copied["depth_l2_mean"] is True
 
 
 def test_only_attacked_modalities_are_reported():

@@ -1,4 +1,4 @@
-"""The ``avharness`` command: run, validate, list, check, report (re-render), plugin, data, model.
+"""The ``avharness`` command: run, validate, list, check, compare, baseline, report (re-render), plugin, data, model.
 
 User errors print one line and exit 2; an interrupted run keeps its finished cells and exits 130.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import math
 import sys
 import time
 from pathlib import Path
@@ -93,10 +92,42 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", choices=["html", "md", "all"], default="all",
                     help="what to write: report.html (with plots/), report.md (with plots/), or both (default)")
 
-    c = sub.add_parser("check", help="compare a report with a baseline; exit 1 when a metric moved")
+    c = sub.add_parser("check", help="gate a report on a baseline: exit 0 no regression, 1 a value regressed, "
+                       "2 not comparable or a usage error",
+                       description="Compare a report with a baseline of the same suite on the same samples, cell by "
+                       "cell and value by value. Only regressions fail (each value's direction is declared); "
+                       "improvements are listed and pass. Exit codes: 0 no regression, 1 regression, 2 the reports "
+                       "are not comparable (other samples, seed, success rule, suite) or the command is wrong.")
     c.add_argument("report", help="report.json (or its folder)")
-    c.add_argument("--baseline", required=True, help="baseline report.json")
-    c.add_argument("--tolerance", type=float, default=0.0, help="allowed absolute change per metric (default 0)")
+    c.add_argument("--baseline", required=True, help="baseline report.json, e.g. reports/baselines/quickstart.json")
+    c.add_argument("--tolerance", action="append", default=[], metavar="[NAME=]X",
+                   help="allowed absolute change: a bare number is the default for every value (0 unless given); "
+                        "NAME=X for one value or a glob of values (robust_accuracy=0.02, '*_snr_db_mean=0.5'); repeatable")
+    c.add_argument("--two-sided", action="store_true", help="any move beyond tolerance fails, better or worse "
+                   "(exact-reproduction gates)")
+    c.add_argument("--test", choices=["mcnemar"], help="accuracies fail only on a significant paired regression: exact "
+                   "McNemar per cell on both runs' samples.jsonl, Holm-corrected over the cells")
+    c.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level of --test (default 0.05)")
+    c.add_argument("--format", choices=["text", "md", "json"], default="text",
+                   help="text (default), md (a Markdown table for a pull request or CI job summary), json")
+
+    cm = sub.add_parser("compare", help="side-by-side Markdown table of reports on the same data, with intervals, "
+                        "differences and paired significance")
+    cm.add_argument("reports", nargs="+", help="report.json files (or folders); the first is the reference")
+    cm.add_argument("--value", dest="values", action="append", default=[], metavar="NAME",
+                    help="a value to show (repeatable; default clean_accuracy, robust_accuracy and the reports' headline)")
+    cm.add_argument("-o", "--output", help="write the table to this file instead of printing it")
+
+    b = sub.add_parser("baseline", help="committed baselines for regression checks")
+    bsub = b.add_subparsers(dest="baseline_command", required=True)
+    bu = bsub.add_parser("update", help="run a suite and copy its report.json and samples.jsonl to "
+                         "reports/baselines/<suite name>.json and <suite name>.samples.jsonl")
+    bu.add_argument("suite")
+    bu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    bu.add_argument("-o", "--output", help="the run's output folder (default: reports/<suite name>)")
+    bu.add_argument("--dir", default="reports/baselines", help="where baselines live (default reports/baselines)")
+    bu.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the suite's device")
+    bu.add_argument("-q", "--quiet", action="store_true")
     return p
 
 
@@ -133,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avharness: error: {exc}", file=sys.stderr)
         return EXIT_USER
     try:
-        commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "plugin": cmd_plugin,
-                    "data": cmd_data, "model": cmd_model, "report": cmd_report}
+        commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "compare": cmd_compare,
+                    "baseline": cmd_baseline, "report": cmd_report, "plugin": cmd_plugin, "data": cmd_data,
+                    "model": cmd_model}
         return commands[args.command](args)
     except UserError as exc:
         print(f"avharness: error: {exc}", file=sys.stderr)
@@ -304,18 +336,48 @@ def cmd_report(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .compare import compare, read_report
+    from . import gate
 
-    if not math.isfinite(args.tolerance) or args.tolerance < 0:
-        raise UserError(f"--tolerance {args.tolerance}: must be a finite number >= 0 (the largest absolute change "
-                        "allowed per metric, e.g. --tolerance 0.01)")
-    problems = compare(read_report(args.report), read_report(args.baseline), args.tolerance)
-    if problems:
-        print(f"{len(problems)} differences beyond tolerance {args.tolerance:g}:")
-        for line in problems:
-            print(f"  {line}")
+    tolerances = gate.Tolerances.parse(args.tolerance)  # a bad flag is reported before any file is read
+    res = gate.check(gate.load_run(args.report), gate.load_run(args.baseline), tolerances,
+                     two_sided=args.two_sided, test=args.test, alpha=args.alpha)
+    render = {"text": gate.render_text, "md": gate.render_md, "json": gate.render_json}[args.format]
+    print(render(res))
+    return gate.EXIT_REGRESSION if res["failed"] else gate.EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from . import gate
+    from .store import atomic_write_text
+
+    table = gate.compare_runs([gate.load_run(r) for r in args.reports], args.values)
+    if args.output:
+        atomic_write_text(args.output, table)
+        print(f"wrote {args.output}")
+    else:
+        print(table, end="")
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    import shutil
+
+    from .store import ensure_writable
+    from .suite import load_suite
+
+    suite = load_suite(args.suite, args.overrides)
+    out = Path(args.output) if args.output else default_output(suite)
+    run_args = argparse.Namespace(suite=args.suite, output=str(out), overrides=args.overrides, limit=None,
+                                  device=args.device, quiet=args.quiet, strict=True)
+    if cmd_run(run_args) != 0:
+        print(f"avharness: not updating the baseline: a validity check of the run failed (see {out / 'report.md'})",
+              file=sys.stderr)
         return 1
-    print(f"{args.report}: every metric within {args.tolerance:g} of {args.baseline}")
+    dest = ensure_writable(args.dir)
+    shutil.copyfile(out / "report.json", dest / f"{suite.name}.json")
+    shutil.copyfile(out / "samples.jsonl", dest / f"{suite.name}.samples.jsonl")
+    print(f"baseline: wrote {dest / (suite.name + '.json')} and {dest / (suite.name + '.samples.jsonl')}; "
+          "commit both (reports/README.md says when to refresh them)")
     return 0
 
 

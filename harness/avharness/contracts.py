@@ -162,6 +162,21 @@ class Metric(Protocol):
 
         A metric may also define ``details(ev) -> dict`` (JSON-able): a breakdown too big for
         scalars, e.g. per-class values, stored in the cell under ``details[<metric name>]``.
+
+        Directions (``higher_is_better``) are read from the evaluated model's side: a regression
+        gate (``avharness check``) fails a value that moved the worse way, so e.g. an attack's
+        success rate is lower-is-better.
+
+        Intervals (``avharness.stats``; the report shows a 95 % interval beside each value that
+        has one). Two optional methods:
+
+        - ``proportions(ev) -> {name: (k, n)}`` for values that are a share k / n of samples: the
+          core puts a Wilson score interval on them;
+        - ``bootstrap(ev, indices) -> {name: [value on resample i for each row i of indices]}``:
+          ``indices`` is an int array [resamples, N] of sample positions drawn with replacement by
+          the core (seeded by the suite seed and the sample ids, the same for every cell on the
+          same samples). The core takes percentile intervals of the replicates and keeps them for
+          paired comparisons between cells (a paired bootstrap of a difference). NaN is allowed.
         """
         ...
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import stats
 from .components import build_component
 from .contracts import AttackOutput, Evidence, FitContext, ModelEvidence
 from .errors import NumericalError, UserError
@@ -280,6 +281,7 @@ def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Rep
         success_margin=suite.success_margin,
     )
     values, directions, details = _metric_values(plan, ev)
+    intervals, replicates = _metric_intervals(plan, ev)
     return {
         "step": pc.step,
         "eps": {m: b.eps for m, b in threat.budgets.items()},
@@ -295,6 +297,10 @@ def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Rep
         },
         "metrics": values,
         "higher_is_better": directions,
+        "intervals": intervals,
+        # bootstrap replicates per value, on resamples shared by every cell of these samples: the
+        # report's paired comparisons read them (kept in the store, not written to report.json)
+        **({"bootstrap": replicates} if replicates else {}),
         **({"details": details} if details else {}),
         "attack_stats": attack_stats,
         "wall_s": round(time.perf_counter() - t0, 3),
@@ -350,6 +356,30 @@ def _metric_values(plan: Plan, ev: Evidence) -> tuple[dict, dict, dict]:
         if hasattr(metric, "details"):  # per-class breakdowns and the like, kept beside the values
             details[mspec.name] = metric.details(ev)
     return values, directions, details
+
+
+def _metric_intervals(plan: Plan, ev: Evidence) -> tuple[dict, dict]:
+    """Per metric value, its 95 % interval: Wilson for the shares a metric declares
+    (``proportions``), percentile bootstrap for the values it can recompute on resamples
+    (``bootstrap``); and those bootstrap replicates (see ``avharness.stats``)."""
+    intervals: dict[str, list[float] | None] = {}
+    replicates: dict[str, list[float | None]] = {}
+    indices = None
+    for mspec, metric in plan.metrics:
+        if hasattr(metric, "proportions"):
+            for name, (k, n) in metric.proportions(ev).items():
+                intervals[name] = stats.wilson(int(k), int(n))
+        if hasattr(metric, "bootstrap"):
+            if indices is None:
+                indices = stats.resample_indices(plan.suite.seed, ev.ids)
+            for name, values in metric.bootstrap(ev, indices).items():
+                reps = [float(v) if v is not None and math.isfinite(v) else None for v in values]
+                if len(reps) != len(indices):
+                    raise RuntimeError(f"metric {mspec.name!r} returned {len(reps)} bootstrap values for {name!r} "
+                                       f"on {len(indices)} resamples (a plugin bug)")
+                replicates[name] = reps
+                intervals[name] = stats.percentile_interval(reps)
+    return intervals, replicates
 
 
 def _samples(task, ev: Evidence) -> list[dict]:

@@ -19,6 +19,8 @@ import torch
 
 from .. import __version__
 from ..errors import UserError
+from ..stats import METHODS as INTERVALS
+from ..stats import ids_sha256
 from ..store import atomic_write_json, atomic_write_text, json_safe
 from .checks import cell_checks, model_checks
 from .findings import findings
@@ -66,7 +68,9 @@ def _data_section(res) -> dict:
         "specs": {m: sp.to_dict() for m, sp in ds.specs.items()},
         "splits": {sp: {"n": ds.size(sp), "manifest_sha256": res.manifests[sp]} for sp in ds.splits()},
         "manifest_sha256": res.manifests[s.eval_split],
-        "eval": {"split": s.eval_split, "n_original": res.eval_n_original, "n_effective": res.eval_n},
+        "eval": {"split": s.eval_split, "n_original": res.eval_n_original, "n_effective": res.eval_n,
+                 # what `avharness check` compares to refuse runs on other samples
+                 "ids_sha256": ids_sha256([x["id"] for x in res.cells[0]["samples"]]) if res.cells else None},
         "info": ds.info(),
     }
 
@@ -99,6 +103,7 @@ def build_report(res, started: str) -> dict:
         "headline": headline,
         "metric_predicts_robustness": preds,
         "findings": findings(res.cells, models, preds, headline),
+        "intervals": dict(INTERVALS),
         "per_sample": "samples.jsonl",
         "stages": res.stages,
     }

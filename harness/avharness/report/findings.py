@@ -16,6 +16,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..stats import holm, mcnemar_exact, paired_bootstrap_p
+
+#: the family-wise error rate the findings' paired tests are read at (Holm-corrected)
+ALPHA = 0.05
+
 
 def measure(cells: list[dict], headline: dict | None) -> tuple[str, str]:
     """(label, value key) the findings compare models by.
@@ -41,6 +46,41 @@ def _worst(cells, key):
         if k not in out or _score(c, key) < _score(out[k], key):
             out[k] = c
     return out
+
+
+def paired_p(a: dict, b: dict, key: str) -> tuple[float | None, str]:
+    """Two-sided p-value that cells ``a`` and ``b`` (two models on the same samples) differ in ``key``.
+
+    Robust accuracy: the exact McNemar test on the per-sample robust flags, paired by sample id.
+    Another value: the paired bootstrap of the two cells' replicates (drawn on shared resamples).
+    None when the cells do not hold the same samples or lack replicates.
+    """
+    sa, sb = a.get("samples"), b.get("samples")
+    if not sa or not sb or [x["id"] for x in sa] != [x["id"] for x in sb]:
+        return None, "no paired samples"
+    if key == "robust_accuracy":
+        return mcnemar_exact([x["robust"] for x in sa], [x["robust"] for x in sb])["p_value"], "exact McNemar"
+    ra, rb = (a.get("bootstrap") or {}).get(key), (b.get("bootstrap") or {}).get(key)
+    if not ra or not rb or len(ra) != len(rb):
+        return None, "no bootstrap replicates"
+    return paired_bootstrap_p(ra, rb), "paired bootstrap"
+
+
+def _significance(rows: list[dict], sign) -> tuple[list[dict], str]:
+    """Holm-corrected p-values into ``rows`` (``p_value`` -> ``p_holm``, ``significant``) and a
+    sentence counting the significant differences in each direction (``sign(row)`` > 0 / < 0)."""
+    adjusted = holm([r["p_value"] for r in rows])
+    for r, q in zip(rows, adjusted):
+        r["p_holm"] = q
+        r["significant"] = q is not None and q < ALPHA
+    tested = [r for r in rows if r["p_value"] is not None]
+    if not tested:
+        return rows, "no comparison could be tested on paired samples"
+    tests = sorted({r["test"] for r in tested})
+    up = sum(1 for r in tested if r["significant"] and sign(r) > 0)
+    down = sum(1 for r in tested if r["significant"] and sign(r) < 0)
+    return rows, (f"{up + down} of {len(tested)} differences are significant after Holm correction "
+                  f"({' / '.join(tests)}, family-wise α = {ALPHA:g}): {up} higher, {down} lower")
 
 
 def _budget(c):
@@ -71,10 +111,12 @@ def findings(cells: list[dict], models: list[dict], predictions: list[dict], hea
                 continue
             m = um["modalities"][0]
             if _budget(u) == {m: fb[m]} if m in fb else False:
+                p, test = paired_p(f, u, key)
                 rows.append({"fused": f["model"], "uni": u["model"], "defense": f["defense"], "threat": f["threat"],
                              "budget": f["canonical"], "fused_robust": _score(f, key),
-                             "uni_robust": _score(u, key), "measure": label})
+                             "uni_robust": _score(u, key), "measure": label, "p_value": p, "test": test})
     if rows:
+        rows, significance = _significance(rows, lambda r: r["fused_robust"] - r["uni_robust"])
         worse = [r for r in rows if r["fused_robust"] < r["uni_robust"]]
         joint = [r for r in rows if r["budget"].count("|")]
         joint_worse = [r for r in joint if r["fused_robust"] < r["uni_robust"]]
@@ -84,9 +126,8 @@ def findings(cells: list[dict], models: list[dict], predictions: list[dict], hea
                   f"Not refuted here: in all {len(rows)} comparisons every fused model's {label} was at least "
                   f"each uni-modal model's facing the same budget on its modality")
         if joint:
-            answer += f"; under joint threats, {len(joint_worse)} of {len(joint)}."
-        else:
-            answer += "."
+            answer += f"; under joint threats, {len(joint_worse)} of {len(joint)}"
+        answer += f". Fused vs uni-modal on the same samples: {significance} for the fused model."
         out.append({"question": "Are multi-modal models necessarily more robust than uni-modal ones?",
                     "answer": answer, "rows": rows})
     else:
@@ -142,22 +183,41 @@ def findings(cells: list[dict], models: list[dict], predictions: list[dict], hea
         wins = defaultdict(int)
         for r in best.values():
             wins[r["defense"]] += 1
+        # each defense against the suite's first, cell by cell on the same samples (paired tests)
+        reference = next(d for d in dict.fromkeys(c["defense"] for c in worst))
+        by_key = {(c["model"], c["defense"], c["threat"], c["step"]): c for c in worst}
+        tests = []
+        for (m, d, t, st), c in by_key.items():
+            ref = by_key.get((m, reference, t, st))
+            if d != reference and ref is not None:
+                p, test = paired_p(c, ref, key)
+                tests.append({"model": m, "defense": d, "reference": reference, "threat": t, "budget": c["canonical"],
+                              "robust": _score(c, key), "reference_robust": _score(ref, key), "p_value": p, "test": test})
+        tests, significance = _significance(tests, lambda r: r["robust"] - r["reference_robust"])
         answer = (
             f"Most robust defense per model (mean {label}): "
             + ", ".join(
                 f"{d} for {n} model{'s' if n > 1 else ''}"
                 for d, n in sorted(wins.items(), key=lambda x: -x[1])
             )
-            + ". Training cost (wall time, backward passes in samples) is in the table."
+            + f". Each other defense against {reference}, cell by cell on the same samples: {significance} "
+            "than with " + reference + ". Training cost (wall time, backward passes in samples) is in the table."
         )
         out.append(
             {
                 "question": "Which defense protects, and at what cost?",
                 "answer": answer,
                 "rows": rows,
+                "paired": tests,
             }
         )
     return out
+
+
+def _p(p, significant) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.2g}" + (" *" if significant else "")
 
 
 def render(items: list[dict]) -> list[str]:
@@ -173,16 +233,16 @@ def render(items: list[dict]) -> list[str]:
         if rows and "fused" in rows[0]:
             what = rows[0].get("measure", "robust accuracy")
             md += [
-                f"| fused | uni-modal | defense | budget | fused {what} | uni-modal {what} |",
-                "|---|---|---|---|---|---|",
+                f"| fused | uni-modal | defense | budget | fused {what} | uni-modal {what} | p (Holm) |",
+                "|---|---|---|---|---|---|---|",
             ]
             md += [
                 f"| {r['fused']} | {r['uni']} | {r['defense']} | {r['budget']} | {100 * r['fused_robust']:.1f} | "
-                f"{100 * r['uni_robust']:.1f} |"
+                f"{100 * r['uni_robust']:.1f} | {_p(r.get('p_holm'), r.get('significant'))} |"
                 for r in rows[:40]
             ]
             md += (
-                [f"| … {len(rows) - 40} more in report.json | | | | | |"] if len(rows) > 40 else []
+                [f"| … {len(rows) - 40} more in report.json | | | | | | |"] if len(rows) > 40 else []
             )
             md.append("")
         elif rows and "train_s" in rows[0]:

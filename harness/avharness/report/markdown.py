@@ -17,6 +17,28 @@ def _num(x) -> str:
     return "–" if x is None or x != x else f"{x:.4g}"
 
 
+def _ci(ci) -> str:
+    return f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+
+
+def _pct_ci(value_ci) -> str:
+    """A percentage with its interval, e.g. "43.0 [38.7, 47.4]"."""
+    value, ci = value_ci
+    return _pct(value) + ("" if value is None or value != value else _ci(ci))
+
+
+def _num_ci(value_ci) -> str:
+    value, ci = value_ci
+    if value is None or value != value or not ci:
+        return _num(value)
+    return f"{_num(value)} [{_num(ci[0])}, {_num(ci[1])}]"
+
+
+def _metric(c: dict, k: str):
+    """(value, interval) of metric ``k`` in cell ``c``."""
+    return c["metrics"].get(k), (c.get("intervals") or {}).get(k)
+
+
 def _eps_label(cell: dict) -> str:
     return ", ".join(f"{m} unbounded" if cell["norm"][m] == "none" else f"{m} {cell['norm'][m]} {cell['eps'][m]:g}"
                      for m in sorted(cell["eps"]))
@@ -64,7 +86,7 @@ def _paired_metric_tables(cells: list[dict], attacks: list[str], threats: list[s
     for x in [n for n in names if n != "accuracy"]:
         md += [f"## Clean vs robust {x}", ""]
         md += _sweep_tables([c for c in cells if f"robust_{x}" in c["metrics"]], attacks, threats,
-                            lambda c, x=x: c["metrics"][f"clean_{x}"], lambda c, x=x: c["metrics"][f"robust_{x}"], _num,
+                            lambda c, x=x: _metric(c, f"clean_{x}"), lambda c, x=x: _metric(c, f"robust_{x}"), _num_ci,
                             prefix=f"{x}: ")
     return md
 
@@ -91,6 +113,10 @@ def header(r: dict) -> list[str]:
         "under attack" + (" (multi-label: every thresholded tag exact)" if data["task"]["kind"] == "multilabel" else "")
         + ". Accuracies are percentages.",
         "",
+        "Brackets hold 95 % intervals: the Wilson score interval for accuracies and other shares of samples, "
+        "a seeded percentile bootstrap over samples for the other values that have one (mAP, mAUC, d′; "
+        "see `intervals` in report.json).",
+        "",
     ]
 
 
@@ -112,15 +138,16 @@ def summary_rows(r: dict) -> tuple[list[str], list[list[str]]]:
         mine = [c for c in cells if c["model"] == m["name"] and c["defense"] == m["defense"]]
         if not mine:
             continue
-        clean = mine[0]["clean_accuracy"]
-        row = [m["name"], m["defense"], ", ".join(m["modalities"]), _pct(clean)]
+        row = [m["name"], m["defense"], ", ".join(m["modalities"]),
+               _pct_ci((mine[0]["clean_accuracy"], mine[0].get("clean_accuracy_ci")))]
         for t in threats:
             tc = [c for c in mine if c["threat"] == t]
             if not tc:
                 row.append("n/a")
                 continue
             top = max(c["step"] for c in tc)
-            row.append(_pct(min(c["robust_accuracy"] for c in tc if c["step"] == top)))
+            worst = min((c for c in tc if c["step"] == top), key=lambda c: c["robust_accuracy"])
+            row.append(_pct_ci((worst["robust_accuracy"], worst.get("robust_accuracy_ci"))))
         rows.append(row)
     return ["model", "defense", "reads", "clean"] + threats, rows
 
@@ -151,7 +178,8 @@ def sweep_tables(r: dict) -> list[str]:
     cells = r["cells"]
     attacks = list(dict.fromkeys(c["attack"] for c in cells))
     threats = list(dict.fromkeys(c["threat"] for c in cells))
-    md += _sweep_tables(cells, attacks, threats, lambda c: c["clean_accuracy"], lambda c: c["robust_accuracy"], _pct)
+    md += _sweep_tables(cells, attacks, threats, lambda c: (c["clean_accuracy"], c.get("clean_accuracy_ci")),
+                        lambda c: (c["robust_accuracy"], c.get("robust_accuracy_ci")), _pct_ci)
     md += _paired_metric_tables(cells, attacks, threats)
     return md
 
@@ -214,7 +242,7 @@ def cells_section(r: dict) -> list[str]:
         md += ["## All cells", ""]
         rows = [
             [c["model"], c["defense"], c["attack"], c["threat"], _eps_label(c)]
-            + [_num(c["metrics"].get(k)) for k in metric_names]
+            + [_num_ci(_metric(c, k)) for k in metric_names]
             + [f"{c['wall_s']:.2f}", "yes" if c["reused"] else "no"]
             for c in cells
         ]

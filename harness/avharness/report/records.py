@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from ..stats import wilson
+
 
 class SampleRecord(TypedDict):
     id: str
@@ -41,10 +43,19 @@ class CellRecord(TypedDict, total=False):
     n: int
     clean_accuracy: float
     robust_accuracy: float
+    #: 95 % Wilson score intervals of the two accuracies, [lo, hi] (``avharness.stats``)
+    clean_accuracy_ci: list[float]
+    robust_accuracy_ci: list[float]
     #: the largest achieved perturbation per modality in its own norm
     achieved: dict[str, float]
     metrics: dict[str, float | None]
     higher_is_better: dict[str, bool]
+    #: per metric value, a 95 % interval [lo, hi] (Wilson for shares, percentile bootstrap otherwise);
+    #: null where the bootstrap had too few defined replicates; values without one are absent
+    intervals: dict[str, list[float] | None]
+    #: in memory only (kept in the store): bootstrap replicates per value, on resamples shared by
+    #: every cell of the same samples, for paired comparisons
+    bootstrap: dict[str, list[float | None]]
     attack_stats: dict[str, float]
     success_rule: str | None
     details: dict[str, Any]
@@ -81,16 +92,22 @@ def make_cell(stored: dict, *, model: str, defense: str, attack: str, threat: st
     """
     samples = stored["samples"]
     n = max(len(samples), 1)
+    clean_k, robust_k = sum(x["clean_correct"] for x in samples), sum(x["robust"] for x in samples)
     cell: CellRecord = {
         "model": model, "defense": defense, "attack": attack, "threat": threat, "step": stored["step"],
         "key": stored["key"], "norm": stored["norm"], "canonical": stored["canonical"],
         # an unbounded budget's eps is infinite: null, as in the stored cell, whether fresh or reused
         "eps": {m: (None if e is None or e == float("inf") else e) for m, e in stored["eps"].items()},
         "n": stored["n"],
-        "clean_accuracy": sum(x["clean_correct"] for x in samples) / n,
-        "robust_accuracy": sum(x["robust"] for x in samples) / n,
+        "clean_accuracy": clean_k / n,
+        "robust_accuracy": robust_k / n,
+        "clean_accuracy_ci": wilson(clean_k, len(samples)),
+        "robust_accuracy_ci": wilson(robust_k, len(samples)),
         "achieved": stored.get("achieved", {}),
         "metrics": stored["metrics"], "higher_is_better": stored["higher_is_better"],
+        # a cell stored before intervals existed has none; its accuracies' intervals come from its samples
+        "intervals": stored.get("intervals", {}),
+        **({"bootstrap": stored["bootstrap"]} if stored.get("bootstrap") else {}),
         "attack_stats": stored.get("attack_stats", {}),
         "success_rule": stored.get("success_rule"),
         **({"details": stored["details"]} if stored.get("details") else {}),
@@ -102,9 +119,9 @@ def make_cell(stored: dict, *, model: str, defense: str, attack: str, threat: st
 
 
 def without_samples(cell: CellRecord) -> dict:
-    """The cell as report.json holds it (samples go to samples.jsonl)."""
+    """The cell as report.json holds it (samples go to samples.jsonl; bootstrap replicates stay in the store)."""
     out = {"id": cell["id"]}
-    out.update({k: v for k, v in cell.items() if k not in ("samples", "id")})
+    out.update({k: v for k, v in cell.items() if k not in ("samples", "id", "bootstrap")})
     return out
 
 

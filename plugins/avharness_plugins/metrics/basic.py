@@ -32,6 +32,10 @@ class Accuracy:
     def compute(self, ev: Evidence) -> dict[str, float]:
         return {"clean_accuracy": _fraction(ev.clean_correct), "robust_accuracy": _fraction(ev.robust_correct)}
 
+    def proportions(self, ev: Evidence) -> dict[str, tuple[int, int]]:
+        n = int(ev.clean_correct.numel())
+        return {"clean_accuracy": (int(ev.clean_correct.sum()), n), "robust_accuracy": (int(ev.robust_correct.sum()), n)}
+
 
 class AttackSuccessRate:
     """attack_success_rate: among the samples the success rule applies to, the share it broke.
@@ -39,21 +43,25 @@ class AttackSuccessRate:
     The rule is the suite's ``eval.success`` (``Evidence.success``): for multiclass, samples
     correct when clean that the attack made wrong (samples already wrong are left out: there is
     nothing to attack); for multi-label, a label flip, a changed top-1 label or an AP drop. With no
-    attackable sample the rate is 0.0 (read it beside clean_accuracy). Higher is better from the
-    attacker's side, which is how this number is read.
+    attackable sample the rate is 0.0 (read it beside clean_accuracy). Lower is better: directions
+    are the evaluated model's view (a regression gate fails a model that lets more attacks through).
     """
 
-    higher_is_better = {"attack_success_rate": True}
+    higher_is_better = {"attack_success_rate": False}
 
     def compute(self, ev: Evidence) -> dict[str, float]:
         return {"attack_success_rate": _fraction(ev.success[ev.attackable])}
 
+    def proportions(self, ev: Evidence) -> dict[str, tuple[int, int]]:
+        return {"attack_success_rate": (int(ev.success[ev.attackable].sum()), int(ev.attackable.sum()))}
 
-# Directions: smaller, less perceptible perturbations are "better" (the attacker's view, as in
-# minimum-norm attack papers). At a fixed budget these are diagnostics of what the attack used,
+
+# Directions are the evaluated model's view, as every metric's (what a regression gate reads): a
+# model that forces larger, more perceptible perturbations (lower SNR) is the more robust one, as in
+# minimum-norm attack papers. At a fixed budget these are diagnostics of what the attack used,
 # not robustness scores: a robustness verdict comes from the accuracy metrics.
 _SUFFIX_DIRECTION = {
-    "_linf_mean": False, "_linf_max": False, "_l2_mean": False, "_l2_max": False, "_snr_db_mean": True,
+    "_linf_mean": True, "_linf_max": True, "_l2_mean": True, "_l2_max": True, "_snr_db_mean": False,
 }
 
 

@@ -116,6 +116,53 @@ def gas_eval_per_class(scores: np.ndarray, truth: np.ndarray, chunk: int = CHUNK
     return ap, auc
 
 
+class _SortedScores:
+    """``gas_eval_per_class`` for many reweightings of the same samples, sorting only once.
+
+    A bootstrap resample that draws sample i k times is the sample set with integer weight k on i:
+    duplicates have equal scores, so they fall in one tie group, exactly as ``gas_eval_per_class``
+    of the resampled rows would group them. Per class, positives contribute w·TP_end/W_end (W:
+    cumulative weight) and negatives w·(TP_end + TP_before), as there.
+    """
+
+    def __init__(self, scores: np.ndarray, truth: np.ndarray):
+        n = scores.shape[0]
+        rows = np.arange(n)[:, None]
+        self.order = np.argsort(-scores, axis=0, kind="stable")
+        s = np.take_along_axis(scores, self.order, 0)
+        # float32: weights are small integers (exact), and intervals need no more digits than that
+        self.y = np.take_along_axis(truth, self.order, 0).astype(np.float32)
+        end = np.ones(s.shape, dtype=bool)
+        end[:-1] = s[:-1] != s[1:]
+        start = np.ones(s.shape, dtype=bool)
+        start[1:] = end[:-1]
+        self.group_end = np.minimum.accumulate(np.where(end, rows, n)[::-1], axis=0)[::-1]
+        self.group_start = np.maximum.accumulate(np.where(start, rows, 0), axis=0)
+        self.ties = not end.all()  # float scores rarely tie: then every group is one sample
+
+    def weighted(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class ``(ap, auc)`` [R, C] for sample weights [R, N]; NaN as in gas_eval_per_class."""
+        ws = weights[:, self.order]  # [R, N, C], in each class's score order
+        wy = ws * self.y
+        tp = np.cumsum(wy, axis=1)
+        cnt = np.cumsum(ws, axis=1)
+        r = len(weights)
+        if self.ties:
+            end = np.broadcast_to(self.group_end, (r, *self.group_end.shape))
+            tp_end, cnt_end = np.take_along_axis(tp, end, 1), np.take_along_axis(cnt, end, 1)
+            tp_before = np.take_along_axis(tp - wy, np.broadcast_to(self.group_start, end.shape), 1)
+        else:
+            tp_end, cnt_end, tp_before = tp, cnt, tp - wy
+        positives = tp[:, -1, :]
+        negatives = cnt[:, -1, :] - positives
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ap = np.where(wy > 0, wy * tp_end / cnt_end, 0.0).sum(1) / positives
+            auc = ((ws - wy) * (tp_end + tp_before)).sum(1) / (2.0 * positives * negatives)
+        ap = np.where(positives > 0, ap, np.nan)
+        auc = np.where((positives > 0) & (negatives > 0), auc, np.nan)
+        return ap, auc
+
+
 def sklearn_per_class(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-class ``(ap, auc)`` from ``sklearn.metrics``: AP where the class has a positive, AUC
     where it has a positive and a negative, NaN elsewhere (sklearn refuses or warns there)."""
@@ -148,6 +195,18 @@ def _mean(values: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------------
 # evidence -> scores and truth
+
+
+def _summarise(clean_ap, robust_ap, clean_auc, robust_auc, scored) -> dict[str, float]:
+    """mAP, mAUC, d′ (clean, robust) and their drops from per-class values, over the scored classes."""
+    out = {
+        "clean_map": _mean(clean_ap[scored]), "robust_map": _mean(robust_ap[scored]),
+        "clean_mauc": _mean(clean_auc[scored]), "robust_mauc": _mean(robust_auc[scored]),
+    }
+    out["clean_dprime"], out["robust_dprime"] = dprime(out["clean_mauc"]), dprime(out["robust_mauc"])
+    for v in ("map", "mauc", "dprime"):
+        out[f"{v}_drop"] = out[f"clean_{v}"] - out[f"robust_{v}"]
+    return out
 
 
 def _scores_and_truth(ev: Evidence) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
@@ -197,6 +256,13 @@ class Tagging:
     Scores are float64 logits (multi-label) or log-softmax (multiclass), never probabilities:
     the ranking is what AP and AUC measure, and a saturated sigmoid would turn distinct logits
     into ties (docs/seed_code.md §6.3).
+
+    Intervals: ``bootstrap`` recomputes every value on the core's resamples of the samples (clips),
+    so the report gives each a percentile-bootstrap interval and compares cells with a paired
+    bootstrap. With few positives per class, resampling duplicates positives and the bootstrap
+    distribution of mAP sits above the estimate (AP rewards a duplicated well-ranked positive):
+    an interval may then not contain the value; paired differences, sharing the resamples, are
+    far less affected.
     """
 
     higher_is_better = {
@@ -233,15 +299,39 @@ class Tagging:
 
     def compute(self, ev: Evidence) -> dict[str, float]:
         pc = self._per_class(ev)
-        s = pc["scored"]
-        out = {
-            "clean_map": _mean(pc["clean_ap"][s]), "robust_map": _mean(pc["robust_ap"][s]),
-            "clean_mauc": _mean(pc["clean_auc"][s]), "robust_mauc": _mean(pc["robust_auc"][s]),
-        }
-        out["clean_dprime"], out["robust_dprime"] = dprime(out["clean_mauc"]), dprime(out["robust_mauc"])
-        for v in ("map", "mauc", "dprime"):
-            out[f"{v}_drop"] = out[f"clean_{v}"] - out[f"robust_{v}"]
-        out["classes_scored"] = float(s.sum())
+        out = _summarise(pc["clean_ap"], pc["robust_ap"], pc["clean_auc"], pc["robust_auc"], pc["scored"])
+        out["classes_scored"] = float(pc["scored"].sum())
+        return out
+
+    def bootstrap(self, ev: Evidence, indices: np.ndarray) -> dict[str, list[float]]:
+        """Every value but ``classes_scored`` on each resample of the samples (rows of ``indices``).
+
+        Per class on each resample: the vectorised AP / AUC (``gas_eval_per_class``; sklearn's
+        per-class values are the same where both are defined, see the module docstring), then the
+        mode's own rule for which classes enter the means, re-applied to the resample's truth. A
+        resample duplicates samples, whose equal scores are ties: both definitions group ties.
+        """
+        clean, adv, truth, _ = _scores_and_truth(ev)
+        n = truth.shape[0]
+        names = [k for k in self.higher_is_better if k != "classes_scored"]
+        out: dict[str, list[float]] = {k: [] for k in names}
+        if n == 0:
+            return {k: [math.nan] * len(indices) for k in names}
+        # a resample is the samples weighted by how often it drew each: sort once, weigh per resample
+        clean_sorted, adv_sorted = _SortedScores(clean, truth), _SortedScores(adv, truth)
+        counts = np.stack([np.bincount(rows, minlength=n) for rows in indices]).astype(np.float32)
+        positives_all = counts @ truth.astype(np.float64)  # [R, C]
+        step = max(1, int(2_000_000 // max(1, truth.size)))  # bounds memory at ~16 MB per array
+        for r0 in range(0, len(counts), step):
+            w = counts[r0:r0 + step]
+            clean_ap, clean_auc = clean_sorted.weighted(w)
+            robust_ap, robust_auc = adv_sorted.weighted(w)
+            for j in range(len(w)):
+                positives = positives_all[r0 + j]
+                scored = positives > 0 if self.mode == "gas_eval" else (positives > 0) & (positives < n)
+                values = _summarise(clean_ap[j], robust_ap[j], clean_auc[j], robust_auc[j], scored)
+                for k in names:
+                    out[k].append(values[k])
         return out
 
     def details(self, ev: Evidence) -> dict:
@@ -304,6 +394,15 @@ class LabelFlips:
             "clean_exact_match": float(ev.clean_correct.double().mean()),
             "robust_exact_match": float(ev.robust_correct.double().mean()),
         }
+
+    def proportions(self, ev: Evidence) -> dict[str, tuple[int, int]]:
+        """The shares of samples among the values (for their Wilson intervals); not label_flip_rate,
+        a mean over samples of a per-sample share."""
+        flips = self._flips(ev)
+        n = int(flips.shape[0])
+        return {"samples_flipped": (int(flips.any(1).sum()) if n else 0, n),
+                "clean_exact_match": (int(ev.clean_correct.sum()), n),
+                "robust_exact_match": (int(ev.robust_correct.sum()), n)}
 
     def details(self, ev: Evidence) -> dict:
         """``{"threshold", "per_class": {class: {"flips", "on_to_off", "off_to_on", "positives"}}}``:
