@@ -535,16 +535,8 @@ def _audio_logmel(utterances: list[np.ndarray], rate_in: int, seed: int, split: 
     return torch.cat(feats).contiguous(), {k: torch.from_numpy(v).float() for k, v in drawn.items()}
 
 
-def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
-    """[N, T, S, S] frames in [0, 1] of each 8x8 scan (see the module docstring), and the
-    per-sample draws."""
-    n, t, size = scans.shape[0], knobs["frames"], knobs["image_size"]
-    rng = _rng(seed, split, "video")
-    gen = generator(seed, "avdigits", split, "video-noise")
-
-    def u(lo, hi, shape=(n,)):
-        return torch.from_numpy(rng.uniform(lo, hi, shape)).float()
-
+def _pose_theta(u, n: int, t: int, knobs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per clip a scale and a pose that drifts and jitters per frame: (scale [n], theta [n, t, 2, 3])."""
     # pose: a clip-level pose plus a slow drift and a small per-frame jitter
     scale = u(knobs["scale_min"], knobs["scale_max"])
     angle0 = u(-knobs["max_rotation"], knobs["max_rotation"])
@@ -564,17 +556,20 @@ def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
         ],
         -2,
     )  # [n, t, 2, 3]
+    return scale, theta
+
+
+def _warp(scans: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """[n, t, S, S]: each 8x8 scan sampled bilinearly under each frame's affine map."""
+    n, t = theta.shape[:2]
     grid = F.affine_grid(theta.reshape(n * t, 2, 3), [n * t, 1, size, size], align_corners=False)
     src = scans.unsqueeze(1).repeat_interleave(t, 0)  # [n*t, 1, 8, 8]
     frames = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    frames = frames.view(n, t, size, size)
+    return frames.view(n, t, size, size)
 
-    # lower contrast on a random grey background
-    contrast = u(knobs["contrast_min"], 1.0)
-    background = u(0.0, 1.0) * (1.0 - contrast)
-    frames = background[:, None, None, None] + contrast[:, None, None, None] * frames
 
-    # an occluder: a grey rectangle, fixed in the clip, in a fraction ``occlusion`` of the clips
+def _occluder_mask(rng: np.random.Generator, u, n: int, size: int, knobs: dict):
+    """A rectangle per clip, in a fraction ``occlusion`` of the clips: (occluded [n], mask [n, 1, S, S], shade [n])."""
     occluded = torch.from_numpy(rng.uniform(0, 1, n) < knobs["occlusion"])
     side = (u(0.25, 1.0, (n, 2)) * knobs["occluder_max"] * size).round().long().clamp_min(1)
     corner = (u(0.0, 1.0, (n, 2)) * (size - side + 1).float()).floor().long()
@@ -583,6 +578,30 @@ def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
     rows = (ys[None] >= corner[:, :1]) & (ys[None] < corner[:, :1] + side[:, :1])  # [n, S]
     cols = (ys[None] >= corner[:, 1:]) & (ys[None] < corner[:, 1:] + side[:, 1:])
     mask = (rows[:, :, None] & cols[:, None, :] & occluded[:, None, None])[:, None]  # [n, 1, S, S]
+    return occluded, mask, shade
+
+
+def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
+    """[N, T, S, S] frames in [0, 1] of each 8x8 scan (see the module docstring), and the
+    per-sample draws."""
+    n, t, size = scans.shape[0], knobs["frames"], knobs["image_size"]
+    rng = _rng(seed, split, "video")
+    gen = generator(seed, "avdigits", split, "video-noise")
+
+    def u(lo, hi, shape=(n,)):
+        return torch.from_numpy(rng.uniform(lo, hi, shape)).float()
+
+    # the draws from rng happen in this order: pose, contrast, background, occluder, noise level
+    scale, theta = _pose_theta(u, n, t, knobs)
+    frames = _warp(scans, theta, size)
+
+    # lower contrast on a random grey background
+    contrast = u(knobs["contrast_min"], 1.0)
+    background = u(0.0, 1.0) * (1.0 - contrast)
+    frames = background[:, None, None, None] + contrast[:, None, None, None] * frames
+
+    # an occluder: a grey rectangle, fixed in the clip, in a fraction ``occlusion`` of the clips
+    occluded, mask, shade = _occluder_mask(rng, u, n, size, knobs)
     frames = torch.where(mask, shade[:, None, None, None].expand_as(frames), frames)
 
     # sensor noise, independent per pixel and frame, at a clip-level strength
