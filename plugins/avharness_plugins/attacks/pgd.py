@@ -55,6 +55,18 @@ def _direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     return g / _per_sample(_l2(g).clamp_min(1e-12), g)
 
 
+def _keep_worse(kept, adv, loss, wrong):
+    """Per sample, the worse of the kept point and adv: misclassified beats correct, then the higher loss (ties: adv)."""
+    # kept = (points, loss, wrong), or (None, None, None) before the first point. No host sync here.
+    best, best_loss, best_wrong = kept
+    if best is None:
+        return dict(adv), loss, wrong
+    better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss >= best_loss))
+    for m in adv:
+        best[m] = torch.where(_per_sample(better, adv[m]), adv[m], best[m])
+    return best, torch.where(better, loss, best_loss), best_wrong | wrong
+
+
 class GradientAttack:
     """Projected gradient ascent on the task loss; FGSM and PGD are two settings of it.
 
@@ -93,6 +105,79 @@ class GradientAttack:
             delta = direction * _per_sample(radius * budget.eps, direction)
         return budget.project(x + delta, x)
 
+    def _ascend(self, model, inputs, adv, target, task, budgets, clean, alpha):
+        """One step from adv (its entries replaced by the projected next iterate); (point stepped from, loss, logits)."""
+        leaves = [adv[m].requires_grad_(True) for m in adv]
+        logits = model({**inputs, **adv})
+        loss = task.loss(logits, target)
+        grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+        with torch.no_grad():
+            point = {m: adv[m].detach() for m in adv}
+            for m, g in zip(list(adv), grads):
+                x = adv[m].detach()
+                if g is None:  # the model does not read this modality: nothing to follow
+                    adv[m] = x
+                    continue
+                adv[m] = budgets[m].project(x + alpha[m] * _direction(g, budgets[m].norm), clean[m])
+        return point, loss.detach(), logits.detach()
+
+    def _iterate(self, model, inputs, target, task, adv, budgets, clean, alpha, kept, nonfinite):
+        """All steps of one restart from adv: (final iterate, kept worst points, convergence trace (first, at_mark, run_max))."""
+        # Convergence evidence: the running max of each sample's loss after the first step, at 80%
+        # of the steps, and at the end. nonfinite (a bool tensor) is updated in place.
+        mark = max(0, int(0.8 * self.steps) - 1)
+        first = at_mark = run_max = None
+        for step in range(self.steps):
+            point, loss, logits = self._ascend(model, inputs, adv, target, task, budgets, clean, alpha)
+            with torch.no_grad():
+                run_max = loss if step == 0 else torch.maximum(run_max, loss)
+                if step == 0:
+                    first = loss
+                if step == mark:
+                    at_mark = run_max
+                nonfinite |= ~torch.isfinite(loss).all()
+                if self.keep_best:
+                    kept = _keep_worse(kept, point, loss, ~task.correct(logits, target))
+        return adv, kept, (first, at_mark, run_max)
+
+    def _end_restart(self, model, inputs, target, task, adv, kept, nonfinite):
+        """Fold a restart's final iterate into the kept points (scored only with several restarts; updates nonfinite)."""
+        if not self.keep_best:
+            return adv, kept[1], kept[2]
+        if self.restarts == 1:
+            # The final iterate is not scored (that would cost a forward pass): keep the scored
+            # iterate where it is misclassified, else the final one.
+            best, best_wrong = kept[0], kept[2]
+            for m in adv:
+                best[m] = torch.where(_per_sample(best_wrong, adv[m]), best[m], adv[m])
+            return kept
+        with torch.no_grad():
+            logits = model({**inputs, **adv})
+            loss = task.loss(logits, target)
+            nonfinite |= ~torch.isfinite(loss).all()
+            return _keep_worse(kept, adv, loss, ~task.correct(logits, target))
+
+    def _stats(self, batch: int, best_wrong, trace) -> dict:
+        """Forward/backward sample counts and, for PGD, how many unbroken samples were still rising at the end."""
+        extra = self.restarts if self.keep_best and self.restarts > 1 else 0
+        stats = {"forward_samples": float(batch * (self.steps * self.restarts + extra)),
+                 "backward_samples": float(batch * self.steps * self.restarts)}
+        first, at_mark, run_max = trace
+        if self.keep_best and first is not None:
+            # Among samples not broken, those whose best loss still grew by more than 10% of its
+            # total gain in the last 20% of the steps: more steps would likely find more. A single
+            # step shows no convergence at all, so every unbroken sample counts.
+            unbroken = ~best_wrong
+            if self.steps == 1:
+                rising = unbroken
+            else:
+                total = run_max - first
+                late = run_max - at_mark
+                rising = unbroken & (total > 1e-6) & (late > 0.1 * total)
+            stats[AttackStats.UNBROKEN_RISING_AT_END] = float(rising.sum())
+            stats[AttackStats.UNBROKEN_AT_END] = float(unbroken.sum())
+        return stats
+
     def perturb(self, model, inputs, target, threat, task, rng):
         attacked = threat.attacked(inputs, self.name)
         if any(threat.budgets[m].norm == "none" for m in attacked):
@@ -108,63 +193,13 @@ class GradientAttack:
         budgets = {m: threat.budgets[m] for m in attacked}
         clean = {m: inputs[m].detach() for m in attacked}
         alpha = {m: self.step_size * budgets[m].eps for m in attacked}
-
-        best = best_loss = best_wrong = None
+        kept = (None, None, None)  # per sample: the worst point so far, its loss, whether it is misclassified
         nonfinite = torch.zeros((), dtype=torch.bool, device=target.device)
-
-        def consider(adv, loss, wrong):
-            # Per sample: take the new point if it is misclassified and the kept one is not, or if
-            # both agree on correctness and the new loss is at least as high. No host sync here.
-            nonlocal best, best_loss, best_wrong
-            if best is None:
-                best, best_loss, best_wrong = dict(adv), loss, wrong
-                return
-            better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss >= best_loss))
-            for m in attacked:
-                best[m] = torch.where(_per_sample(better, adv[m]), adv[m], best[m])
-            best_loss = torch.where(better, loss, best_loss)
-            best_wrong = best_wrong | wrong
-
-        # Convergence evidence (last restart): the running max of each sample's loss after the first
-        # step, at 80% of the steps, and at the end.
-        mark = max(0, int(0.8 * self.steps) - 1)
-        first = at_mark = run_max = None
         for restart in range(self.restarts):
             adv = {m: self._start(clean[m], budgets[m], m, restart, rng) for m in attacked}
-            for step in range(self.steps):
-                leaves = [adv[m].requires_grad_(True) for m in attacked]
-                logits = model({**inputs, **adv})
-                loss = task.loss(logits, target)
-                grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
-                with torch.no_grad():
-                    loss = loss.detach()
-                    run_max = loss if step == 0 else torch.maximum(run_max, loss)
-                    if step == 0:
-                        first = loss
-                    if step == mark:
-                        at_mark = run_max
-                    nonfinite |= ~torch.isfinite(loss).all()
-                    if self.keep_best:
-                        consider({m: adv[m].detach() for m in attacked}, loss, ~task.correct(logits.detach(), target))
-                    for m, g in zip(attacked, grads):
-                        x = adv[m].detach()
-                        if g is None:  # the model does not read this modality: nothing to follow
-                            adv[m] = x
-                            continue
-                        adv[m] = budgets[m].project(x + alpha[m] * _direction(g, budgets[m].norm), clean[m])
-            if not self.keep_best:
-                best = adv
-            elif self.restarts == 1:
-                # The final iterate is not scored (that would cost a forward pass): keep the scored
-                # iterate where it is misclassified, else the final one.
-                for m in attacked:
-                    best[m] = torch.where(_per_sample(best_wrong, adv[m]), best[m], adv[m])
-            else:
-                with torch.no_grad():
-                    logits = model({**inputs, **adv})
-                    loss = task.loss(logits, target)
-                    nonfinite |= ~torch.isfinite(loss).all()
-                    consider(adv, loss, ~task.correct(logits, target))
+            # trace: the convergence evidence; the last restart's is reported
+            adv, kept, trace = self._iterate(model, inputs, target, task, adv, budgets, clean, alpha, kept, nonfinite)
+            kept = self._end_restart(model, inputs, target, task, adv, kept, nonfinite)
 
         if bool(nonfinite):
             raise NumericalError(
@@ -172,24 +207,8 @@ class GradientAttack:
                 "check the model for overflow (its logits must be finite inside the input bounds)"
             )
         for m in attacked:
-            out[m] = best[m]
-        extra = self.restarts if self.keep_best and self.restarts > 1 else 0
-        stats = {"forward_samples": float(batch * (self.steps * self.restarts + extra)),
-                 "backward_samples": float(batch * self.steps * self.restarts)}
-        if self.keep_best and first is not None:
-            # Among samples not broken, those whose best loss still grew by more than 10% of its
-            # total gain in the last 20% of the steps: more steps would likely find more. A single
-            # step shows no convergence at all, so every unbroken sample counts.
-            unbroken = ~best_wrong
-            if self.steps == 1:
-                rising = unbroken
-            else:
-                total = run_max - first
-                late = run_max - at_mark
-                rising = unbroken & (total > 1e-6) & (late > 0.1 * total)
-            stats[AttackStats.UNBROKEN_RISING_AT_END] = float(rising.sum())
-            stats[AttackStats.UNBROKEN_AT_END] = float(unbroken.sum())
-        return AttackOutput(out, stats)
+            out[m] = kept[0][m]
+        return AttackOutput(out, self._stats(batch, kept[2], trace))
 
 
 def build_fgsm() -> GradientAttack:

@@ -55,6 +55,7 @@ ART's own predictions) and ``backward_samples`` (rows of loss gradients).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 
@@ -122,6 +123,58 @@ class _GlobalRNG:
         return False
 
 
+def _art_labels(target: torch.Tensor, task) -> np.ndarray:
+    """Labels as ART takes them: float32 one-hot (multiclass) or the multi-hot matrix (multilabel)."""
+    if task.kind == "multiclass":
+        return F.one_hot(target.long(), task.num_classes).cpu().numpy().astype(np.float32)
+    return target.detach().cpu().numpy().astype(np.float32)
+
+
+def _count_gradients(classifier, counts: dict, num_classes: int) -> None:
+    """Wrap the classifier's loss_gradient and class_gradient so that each adds its backward rows to counts."""
+    grad = classifier.loss_gradient
+
+    def counted(x, y, *a, **k):
+        counts["backward_samples"] += int(x.shape[0])
+        return grad(x, y, *a, **k)
+
+    classifier.loss_gradient = counted
+    class_grad = classifier.class_gradient
+
+    def counted_class(x, label=None, *a, **k):  # one backward pass per row and class
+        counts["backward_samples"] += int(x.shape[0]) * (num_classes if label is None else 1)
+        return class_grad(x, label, *a, **k)
+
+    classifier.class_gradient = counted_class
+
+
+@contextlib.contextmanager
+def _input_gradients_only(model):
+    """Freeze the model's parameters for the block (nothing accumulates in them); restore them and train/eval modes after."""
+    params = list(model.parameters())
+    req = [p.requires_grad for p in params]
+    modes = [mod.training for mod in model.modules()]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, r in zip(params, req):
+            p.requires_grad_(r)
+        for mod, t in zip(model.modules(), modes):
+            mod.training = t
+
+
+def _keep_worse(best, best_loss, best_wrong, adv, loss, wrong, att):
+    """Per sample, the worse of the kept point and adv: misclassified beats correct, then the higher loss (ties: adv)."""
+    if best is None:
+        return adv, loss, wrong
+    better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss >= best_loss))
+    for m in att:
+        best[m] = torch.where(better.view(-1, *([1] * (adv[m].dim() - 1))), adv[m], best[m])
+    return best, torch.where(better, loss, best_loss), best_wrong | wrong
+
+
 class ARTAttack:
     """One ART evasion attack run through the packed adapter; subclasses build and call it."""
 
@@ -166,13 +219,10 @@ class ARTAttack:
             )
         return norms.pop()
 
-    def perturb(self, model, inputs, target, threat, task, rng):
-        att = threat.attacked(inputs, self.name)
+    def _check_call(self, threat, att, task, target, rng) -> tuple[str, int]:
+        """Refuse an unbounded threat, a multilabel task this attack cannot serve, a bad threat or rng; (norm, batch)."""
         if any(threat.budgets[m].norm == "none" for m in att):
             raise UserError(f"{self.name}: threat {threat.name!r} is unbounded (norm none); ART's attacks need an eps-ball")
-        out = dict(inputs)
-        if not att:
-            return out
         if task.kind == "multilabel" and not self.multilabel_ok:
             raise UserError(
                 f"{self.name}: refuses multilabel task: ART's {self.art_name} decides which samples to attack and "
@@ -182,6 +232,49 @@ class ARTAttack:
         batch = int(target.shape[0])
         if len(rng.ids) != batch:
             raise ValueError(f"{self.name}: SampleRNG has {len(rng.ids)} ids for a batch of {batch}")
+        return norm, batch
+
+    def _classifier(self, classifier_cls, adapter, packing, threat, task, batch, device, counts):
+        """ART's PyTorchClassifier around the adapter, with its gradient calls counted into ``counts``."""
+        loss = nn.CrossEntropyLoss(reduction="sum") if task.kind == "multiclass" else MultiLabelBCE("sum")
+        lo, hi = self._clip(packing, threat, batch)
+        module, shape = self._estimator(adapter, packing)
+        classifier = classifier_cls(
+            model=module, loss=loss, input_shape=shape, nb_classes=task.num_classes,
+            clip_values=(lo.numpy(), hi.numpy()), use_amp=False,
+            device_type="gpu" if device.type == "cuda" else "cpu",
+        )
+        _count_gradients(classifier, counts, task.num_classes)
+        return classifier
+
+    def _restart(self, classifier, z, y, packing, threat, att, batch, norm, rng, restart, clean):
+        """One ART run under restart's seed, unpacked and projected: {attacked modality: adversarial input}."""
+        with _GlobalRNG(derive_seed(rng.seed, rng.key, *rng.ids, restart)):
+            z_adv = self._run(classifier, z, y, packing, threat, att, batch, norm)
+        device = clean[att[0]].device
+        adv_all = packing.unpack(torch.from_numpy(np.asarray(z_adv, dtype=np.float32)).to(device))
+        return {m: threat.budgets[m].project(adv_all[m].to(clean[m].dtype), clean[m]) for m in att}
+
+    def _score(self, model, inputs, adv, target, threat, task, counts):
+        """Per-sample loss and misclassification of adv (one counted forward pass); NumericalError if a loss is not finite."""
+        with torch.no_grad():
+            logits = model({**inputs, **adv})
+            counts["forward_samples"] += int(target.shape[0])
+            l = task.loss(logits, target)
+            wrong = ~task.correct(logits, target)
+        if not torch.isfinite(l).all():
+            raise NumericalError(
+                f"{self.name}: the model's loss was NaN or inf under threat {threat.name!r}; "
+                "check the model for overflow"
+            )
+        return l, wrong
+
+    def perturb(self, model, inputs, target, threat, task, rng):
+        att = threat.attacked(inputs, self.name)
+        out = dict(inputs)
+        if not att:
+            return out
+        norm, batch = self._check_call(threat, att, task, target, rng)
 
         from art.estimators.classification import PyTorchClassifier
 
@@ -192,74 +285,21 @@ class ARTAttack:
         counts = {"forward_samples": 0, "backward_samples": 0}
         hook = adapter.register_forward_hook(lambda mod, args, res: counts.__setitem__(
             "forward_samples", counts["forward_samples"] + int(args[0].shape[0])))
-        loss = nn.CrossEntropyLoss(reduction="sum") if task.kind == "multiclass" else MultiLabelBCE("sum")
-        lo, hi = self._clip(packing, threat, batch)
-        if task.kind == "multiclass":
-            y = F.one_hot(target.long(), task.num_classes).cpu().numpy().astype(np.float32)
-        else:
-            y = target.detach().cpu().numpy().astype(np.float32)
+        y = _art_labels(target, task)
         z = packing.pack(clean).detach().cpu().numpy().astype(np.float32)
-
-        params = list(model.parameters())
-        req = [p.requires_grad for p in params]
-        modes = [mod.training for mod in model.modules()]
         try:
-            for p in params:  # gradients w.r.t. the input only: nothing accumulates in the model
-                p.requires_grad_(False)
-            module, shape = self._estimator(adapter, packing)
-            classifier = PyTorchClassifier(
-                model=module, loss=loss, input_shape=shape, nb_classes=task.num_classes,
-                clip_values=(lo.numpy(), hi.numpy()), use_amp=False,
-                device_type="gpu" if device.type == "cuda" else "cpu",
-            )
-            grad = classifier.loss_gradient
-
-            def counted(x, y, *a, **k):
-                counts["backward_samples"] += int(x.shape[0])
-                return grad(x, y, *a, **k)
-
-            classifier.loss_gradient = counted
-            class_grad = classifier.class_gradient
-
-            def counted_class(x, label=None, *a, **k):  # one backward pass per row and class
-                counts["backward_samples"] += int(x.shape[0]) * (task.num_classes if label is None else 1)
-                return class_grad(x, label, *a, **k)
-
-            classifier.class_gradient = counted_class
-
-            best = best_loss = best_wrong = None
-            for restart in range(self.restarts):
-                with _GlobalRNG(derive_seed(rng.seed, rng.key, *rng.ids, restart)):
-                    z_adv = self._run(classifier, z, y, packing, threat, att, batch, norm)
-                adv_all = packing.unpack(torch.from_numpy(np.asarray(z_adv, dtype=np.float32)).to(device))
-                adv = {m: threat.budgets[m].project(adv_all[m].to(clean[m].dtype), clean[m]) for m in att}
-                if self.restarts == 1:
-                    best = adv
-                    break
-                with torch.no_grad():
-                    logits = model({**inputs, **adv})
-                    counts["forward_samples"] += batch
-                    l = task.loss(logits, target)
-                    wrong = ~task.correct(logits, target)
-                if not torch.isfinite(l).all():
-                    raise NumericalError(
-                        f"{self.name}: the model's loss was NaN or inf under threat {threat.name!r}; "
-                        "check the model for overflow"
-                    )
-                if best is None:
-                    best, best_loss, best_wrong = adv, l, wrong
-                    continue
-                better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (l >= best_loss))
-                for m in att:
-                    best[m] = torch.where(better.view(-1, *([1] * (adv[m].dim() - 1))), adv[m], best[m])
-                best_loss = torch.where(better, l, best_loss)
-                best_wrong = best_wrong | wrong
+            with _input_gradients_only(model):
+                classifier = self._classifier(PyTorchClassifier, adapter, packing, threat, task, batch, device, counts)
+                best = best_loss = best_wrong = None
+                for restart in range(self.restarts):
+                    adv = self._restart(classifier, z, y, packing, threat, att, batch, norm, rng, restart, clean)
+                    if self.restarts == 1:
+                        best = adv
+                        break
+                    l, wrong = self._score(model, inputs, adv, target, threat, task, counts)
+                    best, best_loss, best_wrong = _keep_worse(best, best_loss, best_wrong, adv, l, wrong, att)
         finally:
             hook.remove()
-            for p, r in zip(params, req):
-                p.requires_grad_(r)
-            for mod, t in zip(model.modules(), modes):
-                mod.training = t
         if self.keep_clean_if_wrong:  # avharness, not ART, decides which samples are already broken
             with torch.no_grad():
                 wrong = ~task.correct(model(inputs), target)

@@ -340,18 +340,8 @@ def _rng(seed: int, *parts) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, "avdigits", *parts))
 
 
-def build(seed: int, knobs: dict) -> dict:
-    """Generate every split from scratch (no cache): a dict of tensors and JSON-able metadata."""
-    from sklearn.datasets import load_digits
-
-    from avharness_plugins.datasets.avdigits import speech
-    t0 = time.perf_counter()
-    digits = load_digits()
-    images = torch.from_numpy(digits.images / 16.0).float()  # [1797, 8, 8] in [0, 1]
-    labels = np.asarray(digits.target)
-    sizes = split_sizes(knobs["n"])
-
-    # 1. the scans of each digit, split between train/val/test before any pairing
+def _split_scans(labels: np.ndarray, seed: int) -> dict[str, dict[int, np.ndarray]]:
+    """{split: {digit: scan indices}}: each digit's scans split between train/val/test before any pairing."""
     pools: dict[str, dict[int, np.ndarray]] = {s: {} for s in SPLITS}
     rng = _rng(seed, "scans")
     for c in range(10):
@@ -360,72 +350,71 @@ def build(seed: int, knobs: dict) -> dict:
         b = a + int(round(len(idx) * FRACTIONS[1]))
         for s, part in zip(SPLITS, (idx[:a], idx[a:b], idx[b:])):
             pools[s][c] = part
+    return pools
 
-    # 2. a plan per split: label, scan, voice and prosody of every sample
-    plans = {}
-    requests: list = []
-    voices = [a + (f"+{v}" if v else "") for a in speech.ACCENTS for v in speech.VARIANTS]
-    for s in SPLITS:
-        n = sizes[s]
-        rng = _rng(seed, s, "plan")
-        target = rng.permutation(np.arange(n) % 10)
-        scans = np.empty(n, dtype=np.int64)
-        for c in range(10):
-            where = np.flatnonzero(target == c)
-            pool = pools[s][c]
-            # every scan once before any scan twice, in a random order
-            reps = int(math.ceil(len(where) / len(pool)))
-            order = np.concatenate([rng.permutation(pool) for _ in range(reps)])[: len(where)]
-            scans[where] = order
-        voice_idx = rng.integers(0, len(voices), n)
-        wpm = rng.integers(knobs["rate_min"], knobs["rate_max"] + 1, n)
-        pitch = rng.integers(15, 86, n)
-        prange = rng.integers(10, 91, n)
-        mine = [speech.Utterance(CLASSES[t], voices[v], int(r), int(p), int(q),
-                                 derive_seed(seed, "avdigits", s, "espeak", i) % (1 << 31))
+
+def _plan_split(seed: int, split: str, n: int, pool: dict[int, np.ndarray], voices: list[str], knobs: dict):
+    """A split's plan (label, scan, voice and prosody of every sample) and its eSpeak NG requests."""
+    from avharness_plugins.datasets.avdigits import speech
+
+    rng = _rng(seed, split, "plan")
+    target = rng.permutation(np.arange(n) % 10)
+    scans = np.empty(n, dtype=np.int64)
+    for c in range(10):
+        where = np.flatnonzero(target == c)
+        # every scan once before any scan twice, in a random order
+        reps = int(math.ceil(len(where) / len(pool[c])))
+        order = np.concatenate([rng.permutation(pool[c]) for _ in range(reps)])[: len(where)]
+        scans[where] = order
+    voice_idx = rng.integers(0, len(voices), n)
+    wpm = rng.integers(knobs["rate_min"], knobs["rate_max"] + 1, n)
+    pitch = rng.integers(15, 86, n)
+    prange = rng.integers(10, 91, n)
+    requests = [speech.Utterance(CLASSES[t], voices[v], int(r), int(p), int(q),
+                                 derive_seed(seed, "avdigits", split, "espeak", i) % (1 << 31))
                 for i, (t, v, r, p, q) in enumerate(zip(target, voice_idx, wpm, pitch, prange))]
-        requests += mine
-        plans[s] = {"target": target, "scans": scans, "voice": voice_idx, "rate_wpm": wpm, "pitch": pitch,
-                    "pitch_range": prange, "word": np.array([CLASSES.index(u.text) for u in mine])}
+    plan = {"target": target, "scans": scans, "voice": voice_idx, "rate_wpm": wpm, "pitch": pitch,
+            "pitch_range": prange, "word": np.array([CLASSES.index(u.text) for u in requests])}
+    return plan, requests
 
-    # 3. speech for every sample, in one fresh eSpeak NG process (reproducible: see speech.py)
-    utterances, facts = speech.synthesize_many(requests)
 
-    # 4. features
-    out: dict = {}
-    pos = 0
-    logmels = {}
-    for s in SPLITS:
-        n = sizes[s]
-        logmels[s], audio_facts = _audio_logmel(utterances[pos:pos + n], facts["sample_rate"], seed, s, knobs)
-        pos += n
-        video, video_facts = _render_video(images[plans[s]["scans"]], seed, s, knobs)
-        plan = plans[s]
-        out[s] = {
-            "video": video,
-            "target": torch.from_numpy(plan["target"]).long(),
-            # how each sample was made: for analyses (e.g. accuracy against SNR), not a model input
-            "provenance": {
-                "scan": torch.from_numpy(plan["scans"]).long(),
-                **{
-                    k: torch.from_numpy(np.asarray(plan[k])).long()
-                    for k in ("word", "voice", "rate_wpm", "pitch", "pitch_range")
-                },
-                **audio_facts,
-                **video_facts,
+def _split_tensors(plan: dict, video: torch.Tensor, audio_facts: dict, video_facts: dict) -> dict:
+    """A split's video, target and provenance (how each sample was made) as tensors; audio is added later."""
+    return {
+        "video": video,
+        "target": torch.from_numpy(plan["target"]).long(),
+        # how each sample was made: for analyses (e.g. accuracy against SNR), not a model input
+        "provenance": {
+            "scan": torch.from_numpy(plan["scans"]).long(),
+            **{
+                k: torch.from_numpy(np.asarray(plan[k])).long()
+                for k in ("word", "voice", "rate_wpm", "pitch", "pitch_range")
             },
-        }
+            **audio_facts,
+            **video_facts,
+        },
+    }
 
+
+def _normalise_audio(logmels: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Every split's log-mels z-scored per mel bin with train statistics and clipped; (audio, mean, std)."""
     # numpy's reductions are single-threaded: torch's would change in the last bits with the number
     # of threads, and so would every normalised feature
     train = logmels["train"].numpy().astype(np.float64).reshape(-1, N_MELS)
     mean = torch.from_numpy(train.mean(0))
     std = torch.from_numpy(train.std(0, ddof=1)).clamp_min(1e-3)
+    audio = {}
     for s in SPLITS:
         z = ((logmels[s].double() - mean) / std).clamp(-AUDIO_CLIP, AUDIO_CLIP).float()
-        out[s]["audio"] = z.contiguous()
+        audio[s] = z.contiguous()
+    return audio, mean, std
 
-    out["meta"] = {
+
+def _build_meta(mean, std, knobs: dict, voices: list[str], facts: dict, pools: dict, t0: float) -> dict:
+    """The build's JSON metadata: normalisation statistics, voices, scans per split, versions, build time."""
+    from avharness_plugins.datasets.avdigits import speech
+
+    meta = {
         "mean": [float(x) for x in mean.float()],
         "std": [float(x) for x in std.float()],
         "voices": {
@@ -442,7 +431,47 @@ def build(seed: int, knobs: dict) -> dict:
         "build_s": round(time.perf_counter() - t0, 2),
     }
     # plain JSON types only: the cache is read back with torch.load(weights_only=True)
-    out["meta"] = json.loads(json.dumps(out["meta"]))
+    return json.loads(json.dumps(meta))
+
+
+def build(seed: int, knobs: dict) -> dict:
+    """Generate every split from scratch (no cache): a dict of tensors and JSON-able metadata."""
+    from sklearn.datasets import load_digits
+
+    from avharness_plugins.datasets.avdigits import speech
+    t0 = time.perf_counter()
+    digits = load_digits()
+    images = torch.from_numpy(digits.images / 16.0).float()  # [1797, 8, 8] in [0, 1]
+    sizes = split_sizes(knobs["n"])
+
+    # 1. the scans of each digit, split between train/val/test before any pairing
+    pools = _split_scans(np.asarray(digits.target), seed)
+
+    # 2. a plan per split: label, scan, voice and prosody of every sample
+    plans = {}
+    requests: list = []
+    voices = [a + (f"+{v}" if v else "") for a in speech.ACCENTS for v in speech.VARIANTS]
+    for s in SPLITS:
+        plans[s], mine = _plan_split(seed, s, sizes[s], pools[s], voices, knobs)
+        requests += mine
+
+    # 3. speech for every sample, in one fresh eSpeak NG process (reproducible: see speech.py)
+    utterances, facts = speech.synthesize_many(requests)
+
+    # 4. features
+    out: dict = {}
+    pos = 0
+    logmels = {}
+    for s in SPLITS:
+        n = sizes[s]
+        logmels[s], audio_facts = _audio_logmel(utterances[pos:pos + n], facts["sample_rate"], seed, s, knobs)
+        pos += n
+        video, video_facts = _render_video(images[plans[s]["scans"]], seed, s, knobs)
+        out[s] = _split_tensors(plans[s], video, audio_facts, video_facts)
+    audio, mean, std = _normalise_audio(logmels)
+    for s in SPLITS:
+        out[s]["audio"] = audio[s]
+    out["meta"] = _build_meta(mean, std, knobs, voices, facts, pools, t0)
     return out
 
 
@@ -506,16 +535,8 @@ def _audio_logmel(utterances: list[np.ndarray], rate_in: int, seed: int, split: 
     return torch.cat(feats).contiguous(), {k: torch.from_numpy(v).float() for k, v in drawn.items()}
 
 
-def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
-    """[N, T, S, S] frames in [0, 1] of each 8x8 scan (see the module docstring), and the
-    per-sample draws."""
-    n, t, size = scans.shape[0], knobs["frames"], knobs["image_size"]
-    rng = _rng(seed, split, "video")
-    gen = generator(seed, "avdigits", split, "video-noise")
-
-    def u(lo, hi, shape=(n,)):
-        return torch.from_numpy(rng.uniform(lo, hi, shape)).float()
-
+def _pose_theta(u, n: int, t: int, knobs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per clip a scale and a pose that drifts and jitters per frame: (scale [n], theta [n, t, 2, 3])."""
     # pose: a clip-level pose plus a slow drift and a small per-frame jitter
     scale = u(knobs["scale_min"], knobs["scale_max"])
     angle0 = u(-knobs["max_rotation"], knobs["max_rotation"])
@@ -535,17 +556,20 @@ def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
         ],
         -2,
     )  # [n, t, 2, 3]
+    return scale, theta
+
+
+def _warp(scans: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """[n, t, S, S]: each 8x8 scan sampled bilinearly under each frame's affine map."""
+    n, t = theta.shape[:2]
     grid = F.affine_grid(theta.reshape(n * t, 2, 3), [n * t, 1, size, size], align_corners=False)
     src = scans.unsqueeze(1).repeat_interleave(t, 0)  # [n*t, 1, 8, 8]
     frames = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    frames = frames.view(n, t, size, size)
+    return frames.view(n, t, size, size)
 
-    # lower contrast on a random grey background
-    contrast = u(knobs["contrast_min"], 1.0)
-    background = u(0.0, 1.0) * (1.0 - contrast)
-    frames = background[:, None, None, None] + contrast[:, None, None, None] * frames
 
-    # an occluder: a grey rectangle, fixed in the clip, in a fraction ``occlusion`` of the clips
+def _occluder_mask(rng: np.random.Generator, u, n: int, size: int, knobs: dict):
+    """A rectangle per clip, in a fraction ``occlusion`` of the clips: (occluded [n], mask [n, 1, S, S], shade [n])."""
     occluded = torch.from_numpy(rng.uniform(0, 1, n) < knobs["occlusion"])
     side = (u(0.25, 1.0, (n, 2)) * knobs["occluder_max"] * size).round().long().clamp_min(1)
     corner = (u(0.0, 1.0, (n, 2)) * (size - side + 1).float()).floor().long()
@@ -554,6 +578,30 @@ def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
     rows = (ys[None] >= corner[:, :1]) & (ys[None] < corner[:, :1] + side[:, :1])  # [n, S]
     cols = (ys[None] >= corner[:, 1:]) & (ys[None] < corner[:, 1:] + side[:, 1:])
     mask = (rows[:, :, None] & cols[:, None, :] & occluded[:, None, None])[:, None]  # [n, 1, S, S]
+    return occluded, mask, shade
+
+
+def _render_video(scans: torch.Tensor, seed: int, split: str, knobs: dict):
+    """[N, T, S, S] frames in [0, 1] of each 8x8 scan (see the module docstring), and the
+    per-sample draws."""
+    n, t, size = scans.shape[0], knobs["frames"], knobs["image_size"]
+    rng = _rng(seed, split, "video")
+    gen = generator(seed, "avdigits", split, "video-noise")
+
+    def u(lo, hi, shape=(n,)):
+        return torch.from_numpy(rng.uniform(lo, hi, shape)).float()
+
+    # the draws from rng happen in this order: pose, contrast, background, occluder, noise level
+    scale, theta = _pose_theta(u, n, t, knobs)
+    frames = _warp(scans, theta, size)
+
+    # lower contrast on a random grey background
+    contrast = u(knobs["contrast_min"], 1.0)
+    background = u(0.0, 1.0) * (1.0 - contrast)
+    frames = background[:, None, None, None] + contrast[:, None, None, None] * frames
+
+    # an occluder: a grey rectangle, fixed in the clip, in a fraction ``occlusion`` of the clips
+    occluded, mask, shade = _occluder_mask(rng, u, n, size, knobs)
     frames = torch.where(mask, shade[:, None, None, None].expand_as(frames), frames)
 
     # sensor noise, independent per pixel and frame, at a clip-level strength
