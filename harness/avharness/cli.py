@@ -1,27 +1,49 @@
-"""The ``avharness`` command: run, validate, list, check.
+"""The ``avharness`` command: run, validate, list, check, plugin check/new.
 
-User errors print one line and exit 2; an interrupted run keeps its finished cells and exits 130.
+Exit codes: 0 ok; 1 a check or gate failed; 2 the user's mistake (one line); 3 a plugin broke its
+contract or raised (one line naming it); 130 interrupted (finished cells are kept). ``--traceback``
+shows the full trace; ``-v`` shows log lines (``-vv`` debug lines); ``--disable-plugin DIST`` skips a
+distribution's plugins.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from .errors import UserError
+from .errors import PluginError, UserError
 
 EXIT_USER = 2
+EXIT_PLUGIN = 3
 EXIT_INTERRUPTED = 130
+
+
+def _global_flags(p: argparse.ArgumentParser, default=None) -> argparse.ArgumentParser:
+    """The flags every command takes, before or after the command name."""
+    d = argparse.SUPPRESS if default is None else None
+    p.add_argument("--traceback", action="store_true", default=d if d else False,
+                   help="show the full trace of an error (for plugin authors)")
+    p.add_argument("-v", "--verbose", action="count", default=d if d else 0,
+                   help="log lines through the logging module on stderr (-vv: debug lines too)")
+    p.add_argument("--disable-plugin", dest="disable_plugin", action="append", default=d if d else [], metavar="DIST",
+                   help="skip this distribution's plugins (repeatable; also AVHARNESS_DISABLE_PLUGINS=a,b)")
+    return p
+
+
+_COMMON = _global_flags(argparse.ArgumentParser(add_help=False))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avharness", description="Adversarial robustness of audio, video and audio-visual models.")
+    _global_flags(p, default=True)
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run a suite and write its report")
+    r = sub.add_parser("run", parents=[_COMMON], help="run a suite and write its report")
     r.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
     r.add_argument("-o", "--output", help="output folder (default: reports/<suite name>)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -31,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
     r.add_argument("--strict", action="store_true", help="exit 1 when a validity check in the report fails (for CI)")
 
-    v = sub.add_parser("validate", help="check a suite without running it")
+    v = sub.add_parser("validate", parents=[_COMMON], help="check a suite without running it")
     v.add_argument("suite")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     v.add_argument("--plan", action="store_true",
@@ -40,12 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", help="output folder whose store --plan looks in (default: reports/<suite name>)")
     v.add_argument("--limit", type=int, help="as for run: evaluate only the first N samples")
 
-    ls = sub.add_parser("list", help="list installed plugins with their distribution")
+    ls = sub.add_parser("list", parents=[_COMMON], help="list installed plugins with their distribution")
     ls.add_argument("kind", nargs="?", choices=["dataset", "model", "attack", "defense", "metric"])
 
-    pl = sub.add_parser("plugin", help="plugin tools for authors")
+    pl = sub.add_parser("plugin", parents=[_COMMON], help="plugin tools for authors")
     plsub = pl.add_subparsers(dest="plugin_command", required=True)
-    pc = plsub.add_parser("check", help="run the contract tests on a plugin; exit 1 when one fails")
+    pc = plsub.add_parser("check", parents=[_COMMON], help="run the contract tests on a plugin; exit 1 when one fails")
     pc.add_argument("name", help="plugin name, as in `avharness list`")
     pc.add_argument("--kind", choices=["dataset", "model", "attack", "defense", "metric"], help="when the name is ambiguous")
     pc.add_argument("--data", default="avdigits", help="dataset whose task and specs models are checked on (default avdigits)")
@@ -54,9 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE",
                     help="a parameter of the --data dataset, e.g. --data-param root=/data/audioset")
 
-    d = sub.add_parser("data", help="dataset tools")
+    d = sub.add_parser("data", parents=[_COMMON], help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
-    ds = dsub.add_parser("stats", help="compute a suite dataset's feature normalisation statistics (mean, std)")
+    ds = dsub.add_parser("stats", parents=[_COMMON],
+                         help="compute a suite dataset's feature normalisation statistics (mean, std)")
     ds.add_argument("suite")
     ds.add_argument("-o", "--output", required=True, help="where to write the statistics (JSON)")
     ds.add_argument("--split", default="train", help="split to compute them on (default train; never the eval split "
@@ -64,30 +87,55 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--limit", type=int, help="use only the first N clips of the split")
     ds.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
-    m = sub.add_parser("model", help="model tools")
+    m = sub.add_parser("model", parents=[_COMMON], help="model tools")
     msub = m.add_subparsers(dest="model_command", required=True)
-    mi = msub.add_parser("init", help="write seeded, randomly initialised weights for every model of a suite "
+    mi = msub.add_parser("init", parents=[_COMMON], help="write seeded, randomly initialised weights for every model of a suite "
                          "(a starting point, or stand-ins for real checkpoints in a dry run)")
     mi.add_argument("suite")
     mi.add_argument("-o", "--output", required=True, help="folder for <model name>.pt files")
     mi.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
-    c = sub.add_parser("check", help="compare a report with a baseline; exit 1 when a metric moved")
+    c = sub.add_parser("check", parents=[_COMMON], help="compare a report with a baseline; exit 1 when a metric moved")
     c.add_argument("report", help="report.json (or its folder)")
     c.add_argument("--baseline", required=True, help="baseline report.json")
     c.add_argument("--tolerance", type=float, default=0.0, help="allowed absolute change per metric (default 0)")
     return p
 
 
+def _setup(args) -> None:
+    from . import plugins
+
+    level = logging.DEBUG if args.verbose >= 2 else logging.INFO if args.verbose else logging.WARNING
+    log = logging.getLogger("avharness")
+    log.setLevel(level)
+    if not any(getattr(h, "_avharness", False) for h in log.handlers):
+        handler = logging.StreamHandler()  # sys.stderr at the time of each record
+        handler.setFormatter(logging.Formatter("avharness: %(message)s"))
+        handler._avharness = True
+        log.addHandler(handler)
+    blocked = tuple(args.disable_plugin or ())
+    if blocked != plugins._BLOCKED:
+        plugins.set_blocked(blocked)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _setup(args)
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "plugin": cmd_plugin,
                     "data": cmd_data, "model": cmd_model}
         return commands[args.command](args)
     except UserError as exc:
+        if args.traceback:
+            traceback.print_exc()
         print(f"avharness: error: {exc}", file=sys.stderr)
         return EXIT_USER
+    except PluginError as exc:
+        if args.traceback:
+            traceback.print_exc()
+        hint = "" if args.traceback else " (a plugin bug; rerun with --traceback for the full trace)"
+        print(f"avharness: plugin error: {exc}{hint}", file=sys.stderr)
+        return EXIT_PLUGIN
     except KeyboardInterrupt:
         print("avharness: interrupted; finished cells and checkpoints are kept in the store — "
               "run the same command again to resume", file=sys.stderr)
@@ -154,12 +202,14 @@ def cmd_list(args) -> int:
     reg = get_registry()
     table = Table("kind", "name", "distribution", "version", "module")
     for kind in [args.kind] if args.kind else KINDS:
-        for name in reg.names(kind):
-            e = reg.entries[kind][name]
-            table.add_row(kind, name, e.dist, e.version, e.module)
-    for (kind, name), entries in reg.conflicts.items():
-        table.add_row(kind, name, " & ".join(e.dist for e in entries), "", "CONFLICT: registered twice")
-    Console(width=None if sys.stdout.isatty() else 140).print(table)
+        for e in reg.all_entries(kind):
+            clash = (kind, e.name) in reg.conflicts
+            # a clashing name is listed once per distribution, under the qualified name a suite uses
+            table.add_row(kind, e.qualified if clash else e.name, e.dist, e.version,
+                          e.module + (f" (name clash: use plugin: {e.qualified})" if clash else ""))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    for dist in reg.disabled:
+        print(f"disabled: {dist} (--disable-plugin or AVHARNESS_DISABLE_PLUGINS)", file=sys.stderr)
     return 0  # plugins that failed to load were already reported on stderr by get_registry
 
 
@@ -227,9 +277,9 @@ def cmd_model(args) -> int:
     dataset = build_dataset(suite, registry)
     w = _Where(suite.path)
     for mspec in suite.models:  # every entry's plugin and parameters, before writing anything
-        if mspec.plugin not in registry.entries["model"]:
+        if not registry.has("model", mspec.plugin):
             raise w.error(f"{mspec.where}.plugin", mspec.lines.get("plugin", mspec.lines[""]),
-                          unknown_message("model", mspec.plugin, registry.names("model")))
+                          unknown_message("model", mspec.plugin, registry.names("model"), registry.failures))
         check_params(w, mspec, registry.get("model", mspec.plugin))
     out = ensure_writable(args.output)
     for i, mspec in enumerate(suite.models):

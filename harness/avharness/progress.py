@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+log = logging.getLogger("avharness.run")
 
 
 class Reporter:
@@ -27,7 +31,11 @@ class Reporter:
             self.progress.stop()
 
     def log(self, msg: str) -> None:
-        if self.enabled:
+        """A log line: through ``logging`` (logger ``avharness.run``) when ``-v`` enabled it, else on
+        the progress console unless the reporter is quiet."""
+        if log.isEnabledFor(logging.INFO):
+            log.info(msg)
+        elif self.enabled:
             self.console.print(msg, highlight=False, markup=False)
 
     def task(self, description: str, total: int):
