@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE",
                     help="a parameter of the --data dataset, e.g. --data-param root=/data/audioset")
 
+    pn = plsub.add_parser("new", parents=[_COMMON], help="write a new plugin distribution (pyproject with the entry point, "
+                          "a working minimal plugin, a conformance test, a README)")
+    pn.add_argument("name", help="the plugin's name, a Python identifier, e.g. my_attack")
+    pn.add_argument("--kind", required=True, choices=["dataset", "model", "attack", "defense", "metric"])
+    pn.add_argument("-o", "--output", help="folder to write (default ./avharness-NAME)")
+
     d = sub.add_parser("data", parents=[_COMMON], help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     ds = dsub.add_parser("stats", parents=[_COMMON],
@@ -214,6 +220,13 @@ def cmd_list(args) -> int:
 
 
 def cmd_plugin(args) -> int:
+    if args.plugin_command == "new":
+        from .scaffold import new_plugin
+
+        root = new_plugin(args.name, args.kind, args.output)
+        print(f"wrote {root}: pip install -e {root} && avharness plugin check {args.name} --kind {args.kind} "
+              f"(and pytest {root / 'tests'})")
+        return 0
     from .conformance import check_plugin
     from .plugins import get_registry
     from .yamlload import parse_yaml
