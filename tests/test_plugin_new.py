@@ -65,7 +65,8 @@ def test_generated_plugin_installs_with_pip_in_a_fresh_venv(tmp_path):
     py = env_dir / "bin" / "python"
     # avharness itself comes from this checkout's environment (system site = the test's venv)
     pth = env_dir / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "parent.pth"
-    pth.write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    parents = [p for p in sys.path if p.endswith("site-packages")]
+    pth.write_text("".join(f"import site; site.addsitedir({p!r})\n" for p in parents))
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "-e", str(root)],
                    check=True, env=env, cwd=tmp_path)

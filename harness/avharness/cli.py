@@ -108,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (tests and rich swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup(args) -> None:
     from . import plugins
 
@@ -115,7 +127,7 @@ def _setup(args) -> None:
     log = logging.getLogger("avharness")
     log.setLevel(level)
     if not any(getattr(h, "_avharness", False) for h in log.handlers):
-        handler = logging.StreamHandler()  # sys.stderr at the time of each record
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("avharness: %(message)s"))
         handler._avharness = True
         log.addHandler(handler)

@@ -91,16 +91,17 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-_SOURCE_SHA: dict[str, str | None] = {}
+_SOURCE_SHA: dict[tuple[str, str], str | None] = {}
 
 
 def source_sha256(module_name: str) -> str | None:
     """sha256 over the .py files of a module's package directory (or of the module file itself),
-    by relative path and bytes; computed once per module per process."""
-    if module_name in _SOURCE_SHA:
-        return _SOURCE_SHA[module_name]
+    by relative path and bytes; computed once per module (and file location) per process."""
     module = sys.modules.get(module_name) or importlib.import_module(module_name)
     file = getattr(module, "__file__", None)
+    key = (module_name, str(file))
+    if key in _SOURCE_SHA:
+        return _SOURCE_SHA[key]
     digest = None
     if file:
         path = Path(file)
@@ -114,7 +115,7 @@ def source_sha256(module_name: str) -> str | None:
             h.update(p.relative_to(root).as_posix().encode() + b"\0")
             h.update(hashlib.sha256(p.read_bytes()).digest())
         digest = h.hexdigest()
-    _SOURCE_SHA[module_name] = digest
+    _SOURCE_SHA[key] = digest
     return digest
 
 
