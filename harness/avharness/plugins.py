@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UserError
+
+log = logging.getLogger("avharness.plugins")
 
 GROUP = "avharness"
 KINDS = ("dataset", "model", "attack", "defense", "metric")
@@ -304,6 +307,8 @@ def load_registry(blocked: tuple[str, ...] = (), extra_modules: tuple[str, ...] 
         sources[pname] = src
         registry.sources.append(src)
         registry.loaded.append((ep_name, dist, version))
+        log.debug("loaded plugin %r of %s %s from %s%s", ep_name, dist, version, getattr(module, "__file__", "?"),
+                  " (editable: source-hashed)" if src.editable else "")
 
     for kind, hook in HOOKS.items():
         caller = getattr(pm.hook, hook)
