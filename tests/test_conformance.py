@@ -9,7 +9,11 @@ from avharness.cli import main
 from avharness.conformance import check_attack, check_model, check_plugin
 from avharness.plugins import get_registry
 
-PARAMS = {"ensemble": {"attacks": ["fgsm", {"plugin": "pgd", "steps": 3}]}}
+PARAMS = {"ensemble": {"attacks": ["fgsm", {"plugin": "pgd", "steps": 3}]},
+          # small settings keep the kit fast; the contract does not depend on them
+          "art.cw": {"steps": 10, "binary_search_steps": 2},
+          "adversarial": {"budgets": {"audio": {"norm": "linf", "eps": 0.1}}, "epochs": 1},
+          "standard": {"epochs": 2}, "mixup": {"epochs": 2}, "metric_mixup": {"epochs": 2}}
 
 
 #: built-ins whose contract tests run in their own test files: the AudioSet zoo reads frame features
@@ -20,7 +24,7 @@ ELSEWHERE = ("avharness_plugins.models.audioset.", "avharness_plugins.datasets.a
 
 def builtins():
     reg = get_registry()
-    return [(k, n) for k in ("model", "attack", "metric", "dataset") for n in reg.names(k)
+    return [(k, n) for k in ("model", "attack", "metric", "dataset", "defense") for n in reg.names(k)
             if reg.entries[k][n].dist == "avharness" and not reg.entries[k][n].module.startswith(ELSEWHERE)]
 
 
@@ -70,7 +74,7 @@ def test_broken_attack_fails():
 
 def test_cli(capsys):
     assert main(["plugin", "check", "pgd"]) == 0
-    assert "pgd: 8 passed, 0 failed" in capsys.readouterr().out
+    assert "pgd: 9 passed, 0 failed" in capsys.readouterr().out
     assert main(["plugin", "check", "ensemble"]) == 2
     assert "needs parameter(s) attacks" in capsys.readouterr().err
     assert main(["plugin", "check", "nope"]) == 2

@@ -157,7 +157,9 @@ def test_dataset_with_wrong_shapes_is_a_clear_error(example, tmp_path, capsys, m
     monkeypatch.setattr(avharness_example.GaussianAV, "batches", wrong)
     code = main(["run", str(write(tmp_path, GOOD.replace("epochs: 3", "epochs: 1"))), "-o", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err
-    assert code == 2 and "yielded 'audio' of shape (5,) per sample but its spec says (16,)" in err
+    # a dataset breaking its own spec is the plugin's fault: exit 3, naming it and its distribution
+    assert code == 3 and "dataset 'gaussian_av' (from avharness-example 0.1.0)" in err
+    assert "yielded 'audio' of shape (5,) per sample but its spec says (16,)" in err
 
 
 def test_model_scope_latent_metrics(example, tmp_path):

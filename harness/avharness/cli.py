@@ -1,6 +1,9 @@
 """The ``avharness`` command: run, validate, list, check, compare, baseline, report (re-render), plugin, data, model.
 
-User errors print one line and exit 2; an interrupted run keeps its finished cells and exits 130.
+Exit codes: 0 ok; 1 a check or gate failed; 2 the user's mistake (one line); 3 a plugin broke its
+contract or raised (one line naming it); 130 interrupted (finished cells are kept). ``--traceback``
+shows the full trace; ``-v`` shows log lines (``-vv`` debug lines); ``--disable-plugin DIST`` skips a
+distribution's plugins.
 """
 
 from __future__ import annotations
@@ -8,13 +11,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from .errors import UserError
+from .errors import PluginError, UserError
 
 EXIT_USER = 2
+EXIT_PLUGIN = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -29,11 +35,27 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+def _global_flags(p: argparse.ArgumentParser, default=None) -> argparse.ArgumentParser:
+    """The flags every command takes, before or after the command name."""
+    d = argparse.SUPPRESS if default is None else None
+    p.add_argument("--traceback", action="store_true", default=d if d else False,
+                   help="show the full trace of an error (for plugin authors)")
+    p.add_argument("-v", "--verbose", action="count", default=d if d else 0,
+                   help="log lines through the logging module on stderr (-vv: debug lines too)")
+    p.add_argument("--disable-plugin", dest="disable_plugin", action="append", default=d if d else [], metavar="DIST",
+                   help="skip this distribution's plugins (repeatable; also AVHARNESS_DISABLE_PLUGINS=a,b)")
+    return p
+
+
+_COMMON = _global_flags(argparse.ArgumentParser(add_help=False))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="avharness", description="Adversarial robustness of audio, video and audio-visual models.")
+    _global_flags(p, default=True)
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run a suite and write its report")
+    r = sub.add_parser("run", parents=[_COMMON], help="run a suite and write its report")
     r.add_argument("suite", help="suite YAML file, e.g. suites/quickstart.yaml")
     r.add_argument("-o", "--output", help="output folder (default: reports/<suite name>)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -44,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true", help="exit 1 when a validity check in the report fails (for CI)")
     _lock_args(r)
 
-    v = sub.add_parser("validate", help="check a suite without running it")
+    v = sub.add_parser("validate", parents=[_COMMON], help="check a suite without running it")
     v.add_argument("suite")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     v.add_argument("--plan", action="store_true",
@@ -53,12 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", help="output folder whose store --plan looks in (default: reports/<suite name>)")
     v.add_argument("--limit", type=int, help="as for run: evaluate only the first N samples")
 
-    ls = sub.add_parser("list", help="list installed plugins with their distribution")
+    ls = sub.add_parser("list", parents=[_COMMON], help="list installed plugins with their distribution")
     ls.add_argument("kind", nargs="?", choices=["dataset", "model", "attack", "defense", "metric"])
 
-    pl = sub.add_parser("plugin", help="plugin tools for authors")
+    pl = sub.add_parser("plugin", parents=[_COMMON], help="plugin tools for authors")
     plsub = pl.add_subparsers(dest="plugin_command", required=True)
-    pc = plsub.add_parser("check", help="run the contract tests on a plugin; exit 1 when one fails")
+    pc = plsub.add_parser("check", parents=[_COMMON], help="run the contract tests on a plugin; exit 1 when one fails")
     pc.add_argument("name", help="plugin name, as in `avharness list`")
     pc.add_argument("--kind", choices=["dataset", "model", "attack", "defense", "metric"], help="when the name is ambiguous")
     pc.add_argument("--data", default="avdigits", help="dataset whose task and specs models are checked on (default avdigits)")
@@ -67,9 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     pc.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE",
                     help="a parameter of the --data dataset, e.g. --data-param root=/data/audioset")
 
-    d = sub.add_parser("data", help="dataset tools")
+    pn = plsub.add_parser("new", parents=[_COMMON], help="write a new plugin distribution (pyproject with the entry point, "
+                          "a working minimal plugin, a conformance test, a README)")
+    pn.add_argument("name", help="the plugin's name, a Python identifier, e.g. my_attack")
+    pn.add_argument("--kind", required=True, choices=["dataset", "model", "attack", "defense", "metric"])
+    pn.add_argument("-o", "--output", help="folder to write (default ./avharness-NAME)")
+
+    d = sub.add_parser("data", parents=[_COMMON], help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
-    ds = dsub.add_parser("stats", help="compute a suite dataset's feature normalisation statistics (mean, std)")
+    ds = dsub.add_parser("stats", parents=[_COMMON],
+                         help="compute a suite dataset's feature normalisation statistics (mean, std)")
     ds.add_argument("suite")
     ds.add_argument("-o", "--output", required=True, help="where to write the statistics (JSON)")
     ds.add_argument("--split", default="train", help="split to compute them on (default train; never the eval split "
@@ -77,22 +106,22 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--limit", type=int, help="use only the first N clips of the split")
     ds.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
 
-    m = sub.add_parser("model", help="model tools")
+    m = sub.add_parser("model", parents=[_COMMON], help="model tools")
     msub = m.add_subparsers(dest="model_command", required=True)
-    mi = msub.add_parser("init", help="write seeded, randomly initialised weights for every model of a suite "
+    mi = msub.add_parser("init", parents=[_COMMON], help="write seeded, randomly initialised weights for every model of a suite "
                          "(a starting point, or stand-ins for real checkpoints in a dry run)")
     mi.add_argument("suite")
     mi.add_argument("-o", "--output", required=True, help="folder for <model name>.pt files")
     mi.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     _lock_args(mi)
 
-    rp = sub.add_parser("report", help="render a finished run's report.md / report.html again from its report.json and "
-                        "samples.jsonl, running nothing")
+    rp = sub.add_parser("report", parents=[_COMMON], help="render a finished run's report.md / report.html again "
+                        "from its report.json and samples.jsonl, running nothing")
     rp.add_argument("run_dir", help="the run's output folder (or its report.json)")
     rp.add_argument("--format", choices=["html", "md", "all"], default="all",
                     help="what to write: report.html (with plots/), report.md (with plots/), or both (default)")
 
-    c = sub.add_parser("check", help="gate a report on a baseline: exit 0 no regression, 1 a value regressed, "
+    c = sub.add_parser("check", parents=[_COMMON], help="gate a report on a baseline: exit 0 no regression, 1 a value regressed, "
                        "2 not comparable or a usage error",
                        description="Compare a report with a baseline of the same suite on the same samples, cell by "
                        "cell and value by value. Only regressions fail (each value's direction is declared); "
@@ -111,8 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["text", "md", "json"], default="text",
                    help="text (default), md (a Markdown table for a pull request or CI job summary), json")
 
-    cm = sub.add_parser("compare", help="side-by-side Markdown table of reports on the same data, with intervals, "
-                        "differences and paired significance")
+    cm = sub.add_parser("compare", parents=[_COMMON], help="side-by-side Markdown table of reports on the same "
+                        "data, with intervals, differences and paired significance")
     cm.add_argument("reports", nargs="+", help="report.json files (or folders); the first is the reference")
     cm.add_argument("--value", dest="values", action="append", default=[], metavar="NAME",
                     help="a value to show (repeatable; default clean_accuracy, robust_accuracy and the reports' headline)")
@@ -120,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("baseline", help="committed baselines for regression checks")
     bsub = b.add_subparsers(dest="baseline_command", required=True)
-    bu = bsub.add_parser("update", help="run a suite and copy its report.json and samples.jsonl to "
+    bu = bsub.add_parser("update", parents=[_COMMON], help="run a suite and copy its report.json and samples.jsonl to "
                          "reports/baselines/<suite name>.json and <suite name>.samples.jsonl")
     bu.add_argument("suite")
     bu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
@@ -157,20 +186,57 @@ def default_output(suite) -> Path:
     return out
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (tests and rich swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _setup(args) -> None:
+    from . import plugins
+
+    level = logging.DEBUG if args.verbose >= 2 else logging.INFO if args.verbose else logging.WARNING
+    log = logging.getLogger("avharness")
+    log.setLevel(level)
+    if not any(getattr(h, "_avharness", False) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("avharness: %(message)s"))
+        handler._avharness = True
+        log.addHandler(handler)
+    blocked = tuple(args.disable_plugin or ())
+    if blocked != plugins._BLOCKED:
+        plugins.set_blocked(blocked)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except UserError as exc:
         print(f"avharness: error: {exc}", file=sys.stderr)
         return EXIT_USER
+    _setup(args)
     try:
         commands = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "check": cmd_check, "compare": cmd_compare,
                     "baseline": cmd_baseline, "report": cmd_report, "plugin": cmd_plugin, "data": cmd_data,
                     "model": cmd_model}
         return commands[args.command](args)
     except UserError as exc:
+        if args.traceback:
+            traceback.print_exc()
         print(f"avharness: error: {exc}", file=sys.stderr)
         return EXIT_USER
+    except PluginError as exc:
+        if args.traceback:
+            traceback.print_exc()
+        hint = "" if args.traceback else " (a plugin bug; rerun with --traceback for the full trace)"
+        print(f"avharness: plugin error: {exc}{hint}", file=sys.stderr)
+        return EXIT_PLUGIN
     except KeyboardInterrupt:
         print("avharness: interrupted; finished cells and checkpoints are kept in the store — "
               "run the same command again to resume", file=sys.stderr)
@@ -245,16 +311,25 @@ def cmd_list(args) -> int:
     reg = get_registry()
     table = Table("kind", "name", "distribution", "version", "module")
     for kind in [args.kind] if args.kind else KINDS:
-        for name in reg.names(kind):
-            e = reg.entries[kind][name]
-            table.add_row(kind, name, e.dist, e.version, e.module)
-    for (kind, name), entries in reg.conflicts.items():
-        table.add_row(kind, name, " & ".join(e.dist for e in entries), "", "CONFLICT: registered twice")
-    Console(width=None if sys.stdout.isatty() else 140).print(table)
+        for e in reg.all_entries(kind):
+            clash = (kind, e.name) in reg.conflicts
+            # a clashing name is listed once per distribution, under the qualified name a suite uses
+            table.add_row(kind, e.qualified if clash else e.name, e.dist, e.version,
+                          e.module + (f" (name clash: use plugin: {e.qualified})" if clash else ""))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    for dist in reg.disabled:
+        print(f"disabled: {dist} (--disable-plugin or AVHARNESS_DISABLE_PLUGINS)", file=sys.stderr)
     return 0  # plugins that failed to load were already reported on stderr by get_registry
 
 
 def cmd_plugin(args) -> int:
+    if args.plugin_command == "new":
+        from .scaffold import new_plugin
+
+        root = new_plugin(args.name, args.kind, args.output)
+        print(f"wrote {root}: pip install -e {root} && avharness plugin check {args.name} --kind {args.kind} "
+              f"(and pytest {root / 'tests'})")
+        return 0
     from .conformance import check_plugin
     from .plugins import get_registry
     from .suite import parse_assignment
@@ -309,9 +384,9 @@ def cmd_model(args) -> int:
     dataset = build_dataset(suite, registry)
     w = _Where(suite.path)
     for mspec in suite.models:  # every entry's plugin and parameters, before writing anything
-        if mspec.plugin not in registry.entries["model"]:
+        if not registry.has("model", mspec.plugin):
             raise w.error(f"{mspec.where}.plugin", mspec.lines.get("plugin", mspec.lines[""]),
-                          unknown_message("model", mspec.plugin, registry.names("model")))
+                          unknown_message("model", mspec.plugin, registry.names("model"), registry.failures))
         check_params(w, mspec, registry.get("model", mspec.plugin))
     out = ensure_writable(args.output)
     with _lock(out, args):
@@ -368,7 +443,7 @@ def cmd_baseline(args) -> int:
     suite = load_suite(args.suite, args.overrides)
     out = Path(args.output) if args.output else default_output(suite)
     run_args = argparse.Namespace(suite=args.suite, output=str(out), overrides=args.overrides, limit=None,
-                                  device=args.device, quiet=args.quiet, strict=True)
+                                  device=args.device, quiet=args.quiet, strict=True, wait=False, force_unlock=False)
     if cmd_run(run_args) != 0:
         print(f"avharness: not updating the baseline: a validity check of the run failed (see {out / 'report.md'})",
               file=sys.stderr)

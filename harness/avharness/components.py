@@ -5,11 +5,12 @@ before anything runs."""
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from dataclasses import dataclass
 
-from .errors import UserError
-from .plugins import Registry, unknown_message
+from .errors import PluginError, UserError
+from .plugins import Registry, guard, unknown_message
 from .suite import INJECTED, PluginSpec, Suite, _is, _line, _suggest, _typename, _Where
 from .weights import checkpoint_path
 
@@ -20,10 +21,7 @@ def check_params(w: _Where, spec: PluginSpec, factory) -> None:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
         return
-    try:
-        hints = typing.get_type_hints(factory)
-    except Exception:
-        hints = {}
+    hints = factory_hints(factory)
     injected = INJECTED[spec.kind]
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     allowed = [
@@ -42,11 +40,9 @@ def check_params(w: _Where, spec: PluginSpec, factory) -> None:
                 f"unknown parameter{_suggest(key, allowed)} for {spec.kind} {spec.plugin!r}; "
                 f"it takes: {', '.join(allowed) or 'no parameters'}",
             )
-        expected = _simple_type(hints.get(key))
-        if expected is not None and not _is(value, expected):
-            raise w.error(
-                f"{spec.where}.{key}", line, f"expected {_typename(expected)}, got {value!r}"
-            )
+        check = type_check(hints.get(key))
+        if check is not None and not check[0](value):
+            raise w.error(f"{spec.where}.{key}", line, f"expected {check[1]}, got {value!r}")
     for n, p in sig.parameters.items():
         if n in injected or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             continue
@@ -56,19 +52,55 @@ def check_params(w: _Where, spec: PluginSpec, factory) -> None:
             )
 
 
-def _simple_type(hint):
-    """int/float/str/bool/list/dict (optionally | None) → a type check; anything else → None."""
+def factory_hints(factory) -> dict:
+    """Type hints of a factory's parameters: a function's own, a class's ``__init__``'s."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # an annotation that does not resolve: no type checks, not a crash
+        return {}
+
+
+def type_check(hint):
+    """A parameter annotation → (predicate, description) for values read from YAML, or None when the
+    annotation is not one a suite value can be checked against (it is then not checked).
+
+    Handles int, float, str, bool, list, dict, None, ``Literal[...]``, ``Optional[...]`` / unions,
+    ``list[T]`` and ``dict[K, V]`` of these (nested), and ``Any`` (anything goes).
+    """
+    if hint is None or hint is typing.Any:
+        return None
+    if hint is type(None):
+        return (lambda v: v is None), "null"
     if hint in (int, float, str, bool, list, dict):
-        return hint
-    origin = typing.get_origin(hint)
-    if origin in (list, dict):
-        return origin
-    args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-        parts = tuple(_simple_type(a) if a is not type(None) else type(None) for a in args)
-        if all(p is not None for p in parts):
-            return parts
+        return (lambda v, t=hint: _is(v, t)), _typename(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        allowed = list(args)
+        return (lambda v: any(v == a and type(v) is type(a) for a in allowed)), \
+            "one of " + ", ".join(repr(a) for a in allowed)
+    if origin in (typing.Union, getattr(types, "UnionType", None)) and args:
+        parts = [type_check(a) for a in args]
+        if any(p is None for p in parts):
+            return None
+        return (lambda v: any(p[0](v) for p in parts)), " or ".join(p[1] for p in parts)
+    if origin is list:
+        item = type_check(args[0]) if args else None
+        if item is None:
+            return (lambda v: isinstance(v, list)), "a list"
+        return (lambda v: isinstance(v, list) and all(item[0](x) for x in v)), f"a list of {_plural(item[1])}"
+    if origin is dict:
+        k = type_check(args[0]) if args else None
+        val = type_check(args[1]) if len(args) > 1 else None
+        return (lambda v: isinstance(v, dict) and all((k is None or k[0](a)) and (val is None or val[0](b))
+                                                      for a, b in v.items())), \
+            "a mapping" + (f" of {_plural(val[1])}" if val else "") + (f" keyed by {_plural(k[1])}" if k else "")
     return None
+
+
+def _plural(desc: str) -> str:
+    return {"an integer": "integers", "a number": "numbers", "a string": "strings", "true/false": "true/false values",
+            "a list": "lists", "a mapping": "mappings"}.get(desc, f"({desc})")
 
 
 @dataclass
@@ -93,14 +125,11 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
         (s, s.kind) for s in suite.models + suite.defenses + suite.attacks + suite.metrics
     ]
     for spec, kind in kinds:
-        if (
-            spec.plugin not in registry.entries[kind]
-            and (kind, spec.plugin) not in registry.conflicts
-        ):
+        if not registry.has(kind, spec.plugin):
             raise w.error(
                 f"{spec.where}.plugin",
                 spec.lines.get("plugin", spec.lines[""]),
-                unknown_message(kind, spec.plugin, registry.names(kind)),
+                unknown_message(kind, spec.plugin, registry.names(kind), registry.failures),
             )
         factory = registry.get(
             kind, spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}"
@@ -158,14 +187,11 @@ def build_dataset(suite: Suite, registry: Registry):
     """The suite's dataset object (cheap: nothing is read yet)."""
     w = _Where(suite.path)
     spec = suite.data
-    if (
-        spec.plugin not in registry.entries["dataset"]
-        and ("dataset", spec.plugin) not in registry.conflicts
-    ):
+    if not registry.has("dataset", spec.plugin):
         raise w.error(
             "data.plugin",
             spec.lines.get("plugin", spec.lines[""]),
-            unknown_message("dataset", spec.plugin, registry.names("dataset")),
+            unknown_message("dataset", spec.plugin, registry.names("dataset"), registry.failures),
         )
     factory = registry.get(
         "dataset", spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}"
@@ -177,16 +203,21 @@ def build_dataset(suite: Suite, registry: Registry):
 
 
 def build_component(w_or_path, spec: PluginSpec, registry: Registry, **injected):
-    """Call a plugin factory; a ValueError/TypeError/UserError from it becomes a located UserError."""
+    """Call a plugin factory. A ValueError/TypeError/UserError from it is the user's mistake (its
+    parameters): a located UserError. Anything else it raises is a PluginError naming the plugin."""
     w = w_or_path if isinstance(w_or_path, _Where) else _Where(str(w_or_path))
-    factory = registry.get(spec.kind, spec.plugin)
+    entry = registry.entry(spec.kind, spec.plugin)
     try:
-        return factory(**injected, **spec.params)
+        with guard(entry, f"{w.path}:{spec.lines.get('', 0)} {spec.where}", "its factory"):
+            return entry.factory(**injected, **spec.params)
     except UserError as exc:
         raise w.error(spec.where, spec.lines[""], str(exc)) from None
-    except (ValueError, TypeError) as exc:
-        raise w.error(
-            spec.where,
-            spec.lines[""],
-            f"{spec.kind} {spec.plugin!r} rejected its parameters: {exc}",
-        ) from None
+    except PluginError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            raise w.error(
+                spec.where,
+                spec.lines[""],
+                f"{spec.kind} {spec.plugin!r} rejected its parameters: {cause}",
+            ) from None
+        raise

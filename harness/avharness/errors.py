@@ -11,3 +11,17 @@ class UserError(Exception):
 
 class NumericalError(UserError):
     """A model or attack produced NaN/inf where numbers were expected."""
+
+
+class PluginError(Exception):
+    """A plugin broke its contract or raised: the CLI prints one line and exits with status 3.
+
+    The line names the plugin (kind and name), its distribution and version, where it happened (a
+    cell or training unit), what was expected and what came back. ``--traceback`` shows the chain.
+    """
+
+    def __init__(self, message: str, *, plugin: str = "", dist: str = "", version: str = "", where: str = ""):
+        self.plugin, self.dist, self.version, self.where = plugin, dist, version, where
+        origin = f"{plugin} (from {dist or '?'} {version or '?'})" if plugin else ""
+        parts = [p for p in (origin, where) if p]
+        super().__init__((" in ".join(parts) + ": " if parts else "") + message)

@@ -21,10 +21,12 @@ import torch
 from . import stats
 from .components import build_component
 from .contracts import AttackOutput, Evidence, FitContext, ModelEvidence
-from .errors import NumericalError, UserError
+from .enforce import fit_facts, metric_values
+from .enforce import probe_model as probe_contract
+from .errors import UserError
 from .model import AVModel, load_model, model_spec, save_model
 from .plan import STORE_FORMAT, Plan, PlannedCell, Unit, check_batch, compile_plan
-from .plugins import Registry
+from .plugins import Entry, Registry, guard
 from .progress import Reporter
 from .report.checks import BUDGET_SLACK, probe_model
 from .report.records import CellRecord, make_cell
@@ -131,8 +133,12 @@ class LocalExecutor:
             with stages("checks"):
                 suite = plan.suite
                 first = next(iter(plan.dataset.batches(suite.eval_split, min(suite.batch_size, plan.eval_n),
-                                                       limit=plan.eval_n)))
-                tr.probe = probe_model(tr.model, plan.dataset.task, first.to(plan.device))
+                                                       limit=plan.eval_n))).to(plan.device)
+                mentry = plan.registry.entry("model", unit.model.plugin)
+                where = f"unit {unit.label}, {'as loaded from the store' if tr.reused else 'after training'}"
+                probe_contract(mentry, tr.model, plan.dataset.task, dict(first.inputs), where)
+                with guard(mentry, where, "forward/backward"):
+                    tr.probe = probe_model(tr.model, plan.dataset.task, first)
             if plan.model_metrics:
                 with stages("model_metrics"):
                     _model_metrics(plan, tr, self.store, self.reporter)
@@ -156,7 +162,8 @@ class LocalExecutor:
         with self.stages("attack"):
             attack = pc.attack_impl
             if hasattr(attack, "prepare"):  # attacks fitted before use (e.g. universal perturbations)
-                attack = attack.prepare(tr.model, plan.dataset, pc.threat, plan.dataset.task, plan.suite.eval_split)
+                with guard(plan.registry.entry("attack", pc.attack.plugin), f"cell {pc.label}", "prepare()"):
+                    attack = attack.prepare(tr.model, plan.dataset, pc.threat, plan.dataset.task, plan.suite.eval_split)
             cell = _attack_cell(plan, tr, pc, attack, self.reporter)
         cell["key"] = pc.key
         self.store.save_cell(pc.key, cell)
@@ -197,7 +204,10 @@ def train_or_load(plan: Plan, unit: Unit, store: Store, reporter: Reporter) -> T
     model.to(dev).train()
     ctx = FitContext(device=dev, seed=unit.fit_seed, progress=reporter.task, log=reporter.log)
     t = time.perf_counter()
-    fit = dict(unit.defense_impl.fit(model, dataset, ctx) or {})
+    dentry = plan.registry.entry("defense", dspec.plugin)
+    with guard(dentry, f"unit {unit.label}", "fit()"):
+        facts = unit.defense_impl.fit(model, dataset, ctx)
+    fit = fit_facts(dentry, facts, f"unit {unit.label}")
     fit.setdefault("wall_s", round(time.perf_counter() - t, 3))
     fit["defense"] = dspec.identity()
     if loaded:
@@ -239,26 +249,37 @@ def _model_metrics(plan: Plan, tr: Trained, store: Store, reporter: Reporter) ->
             continue
         reporter.log(f"model {tr.spec.name}: {mspec.name}")
         t = time.perf_counter()
-        result = dict(metric.compute_model(ev))
+        entry = plan.registry.entry("metric", mspec.plugin)
+        with guard(entry, f"unit {tr.unit.label}", "compute_model()"):
+            result = metric.compute_model(ev)
+        if not isinstance(result, dict):
+            raise entry.error(f"expected compute_model() to return a mapping, got {type(result).__name__}",
+                              f"unit {tr.unit.label}")
+        result = dict(result)
         result["wall_s"] = round(time.perf_counter() - t, 3)
         result["higher_is_better"] = dict(metric.higher_is_better)
         atomic_write_json(path, result)
         tr.metrics[mspec.name] = json.loads(path.read_text())  # as stored: NaN -> null, int keys -> str
 
 
-def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
+def _finite(t: torch.Tensor, what: str, entry: Entry, where: str) -> torch.Tensor:
     if not torch.isfinite(t).all():
-        raise NumericalError(f"{what} contain NaN or inf; check the model's inputs, weights and training loss")
+        raise entry.error(f"expected finite {what}, got NaN or inf (check the model's inputs, weights and training loss)",
+                          where)
     return t
 
 
 @torch.no_grad()
 def _clean_pass(plan: Plan, tr: Trained) -> torch.Tensor:
     suite, out = plan.suite, []
+    mentry = plan.registry.entry("model", tr.spec.plugin)
+    dentry = plan.registry.entry("dataset", suite.data.plugin)
+    where = f"unit {tr.unit.label}, clean pass"
     for batch in plan.dataset.batches(suite.eval_split, suite.batch_size, limit=plan.eval_n):
-        check_batch(batch, plan.dataset, suite.data.plugin)
-        out.append(tr.model(batch.to(plan.device).inputs).float().cpu())
-    return _finite(torch.cat(out), f"clean logits of model {tr.spec.name!r}")
+        check_batch(batch, plan.dataset, suite.data.plugin, dentry)
+        with guard(mentry, where, "forward"):
+            out.append(tr.model(batch.to(plan.device).inputs).float().cpu())
+    return _finite(torch.cat(out), "clean logits", mentry, where)
 
 
 def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Reporter) -> dict:
@@ -268,7 +289,8 @@ def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Rep
     t0 = time.perf_counter()
     ids, targets, adv_logits, stats, attack_stats = _attack_batches(plan, tr, pc, attack, task, reporter)
     label = f"{pc.attack.name} {pc.threat_spec.name} eps#{pc.step} on {tr.spec.name}"
-    adv_logits = _finite(torch.cat(adv_logits), f"adversarial logits of model {tr.spec.name!r} under {label}")
+    adv_logits = _finite(torch.cat(adv_logits), f"adversarial logits under {label}",
+                         plan.registry.entry("model", tr.spec.plugin), f"cell {pc.label}")
     ev = Evidence(
         task=task,
         ids=ids,
@@ -280,8 +302,8 @@ def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Rep
         success_rule=suite.success,
         success_margin=suite.success_margin,
     )
-    values, directions, details = _metric_values(plan, ev)
-    intervals, replicates = _metric_intervals(plan, ev)
+    values, directions, details = _metric_values(plan, ev, f"cell {pc.label}")
+    intervals, replicates = _metric_intervals(plan, ev, f"cell {pc.label}")
     return {
         "step": pc.step,
         "eps": {m: b.eps for m, b in threat.budgets.items()},
@@ -316,19 +338,29 @@ def _attack_batches(plan: Plan, tr: Trained, pc: PlannedCell, attack, task, repo
     attack_stats: dict[str, float] = {}
     rng_key = f"{sha256_json(pc.attack.identity())[:12]}|{threat.canonical()}"
     label = f"{pc.attack.name} {pc.threat_spec.name} eps#{pc.step} on {tr.spec.name}"
+    aentry = plan.registry.entry("attack", pc.attack.plugin)
+    mentry = plan.registry.entry("model", tr.spec.plugin)
+    dentry = plan.registry.entry("dataset", suite.data.plugin)
+    where = f"cell {pc.label}"
     advance = reporter.task(label, (plan.eval_n + suite.batch_size - 1) // suite.batch_size)
     for batch in plan.dataset.batches(suite.eval_split, suite.batch_size, limit=plan.eval_n):
-        check_batch(batch, plan.dataset, suite.data.plugin)
+        check_batch(batch, plan.dataset, suite.data.plugin, dentry)
         batch = batch.to(dev)
         clean = {k: v for k, v in batch.inputs.items()}
         snapshot = {k: v.clone() for k, v in clean.items()}
-        adv = attack.perturb(tr.model, clean, batch.target, threat, task, SampleRNG(suite.seed, rng_key, batch.ids))
+        with guard(aentry, where, "perturb()"):
+            adv = attack.perturb(tr.model, clean, batch.target, threat, task, SampleRNG(suite.seed, rng_key, batch.ids))
         if isinstance(adv, AttackOutput):
             for k, v in adv.stats.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise aentry.error(f"expected AttackOutput.stats[{k!r}] to be a finite number, got {v!r:.60}", where)
                 attack_stats[k] = attack_stats.get(k, 0) + float(v)
             adv = adv.inputs
-        _verify(pc.attack.name, threat, snapshot, clean, adv, tr.model.modalities)
-        with torch.no_grad():
+        if not isinstance(adv, dict):
+            raise aentry.error(f"expected perturb() to return a dict of inputs (or an AttackOutput), got "
+                               f"{type(adv).__name__}", where)
+        _verify(aentry, where, threat, snapshot, clean, adv, tr.model.modalities)
+        with torch.no_grad(), guard(mentry, where, "forward on adversarial inputs"):
             adv_logits.append(tr.model(adv).float().cpu())
         ids.extend(batch.ids)
         targets.append(batch.target.cpu())
@@ -341,24 +373,28 @@ def _attack_batches(plan: Plan, tr: Trained, pc: PlannedCell, attack, task, repo
     return ids, targets, adv_logits, stats, attack_stats
 
 
-def _metric_values(plan: Plan, ev: Evidence) -> tuple[dict, dict, dict]:
+def _metric_values(plan: Plan, ev: Evidence, where: str = "") -> tuple[dict, dict, dict]:
     values, directions, details = {}, {}, {}
     for mspec, metric in plan.metrics:
-        out = metric.compute(ev)
+        entry = plan.registry.entry("metric", mspec.plugin)
+        with guard(entry, where, "compute()"):
+            out = metric.compute(ev)
+        out = metric_values(entry, out, dict(metric.higher_is_better), where)
         clash = sorted(set(out) & set(values))
         if clash:
             raise UserError(
                 f"metric {mspec.name!r} reports {', '.join(clash)}, which an earlier metric of the suite "
                 "already reported; list each metric once (its parameters choose the variant)"
             )
-        values.update({k: float(v) for k, v in out.items()})
+        values.update(out)
         directions.update(metric.higher_is_better)
         if hasattr(metric, "details"):  # per-class breakdowns and the like, kept beside the values
-            details[mspec.name] = metric.details(ev)
+            with guard(entry, where, "details()"):
+                details[mspec.name] = metric.details(ev)
     return values, directions, details
 
 
-def _metric_intervals(plan: Plan, ev: Evidence) -> tuple[dict, dict]:
+def _metric_intervals(plan: Plan, ev: Evidence, where: str = "") -> tuple[dict, dict]:
     """Per metric value, its 95 % interval: Wilson for the shares a metric declares
     (``proportions``), percentile bootstrap for the values it can recompute on resamples
     (``bootstrap``); and those bootstrap replicates (see ``avharness.stats``)."""
@@ -366,17 +402,21 @@ def _metric_intervals(plan: Plan, ev: Evidence) -> tuple[dict, dict]:
     replicates: dict[str, list[float | None]] = {}
     indices = None
     for mspec, metric in plan.metrics:
+        entry = plan.registry.entry("metric", mspec.plugin)
         if hasattr(metric, "proportions"):
-            for name, (k, n) in metric.proportions(ev).items():
-                intervals[name] = stats.wilson(int(k), int(n))
+            with guard(entry, where, "proportions()"):
+                shares = {name: stats.wilson(int(k), int(n)) for name, (k, n) in metric.proportions(ev).items()}
+            intervals.update(shares)
         if hasattr(metric, "bootstrap"):
             if indices is None:
                 indices = stats.resample_indices(plan.suite.seed, ev.ids)
-            for name, values in metric.bootstrap(ev, indices).items():
-                reps = [float(v) if v is not None and math.isfinite(v) else None for v in values]
+            with guard(entry, where, "bootstrap()"):
+                boot = {name: [float(v) if v is not None and math.isfinite(v) else None for v in values]
+                        for name, values in metric.bootstrap(ev, indices).items()}
+            for name, reps in boot.items():
                 if len(reps) != len(indices):
-                    raise RuntimeError(f"metric {mspec.name!r} returned {len(reps)} bootstrap values for {name!r} "
-                                       f"on {len(indices)} resamples (a plugin bug)")
+                    raise entry.error(f"{len(indices)} bootstrap values for {name!r} (one per resample), "
+                                      f"got {len(reps)}", where)
                 replicates[name] = reps
                 intervals[name] = stats.percentile_interval(reps)
     return intervals, replicates
@@ -405,29 +445,31 @@ def _pred(p: torch.Tensor):
     return int(p) if p.dim() == 0 else [int(i) for i in p.nonzero().flatten()]
 
 
-def _verify(attack: str, threat, snapshot, clean, adv, model_modalities) -> None:
-    """Refuse a result that breaks the threat model: a wrong robustness number is worse than none."""
+def _verify(entry: Entry, where: str, threat, snapshot, clean, adv, model_modalities) -> None:
+    """Refuse a result that breaks the threat model: a wrong robustness number is worse than none.
+
+    Each violation is a ``PluginError`` naming the attack plugin and the cell (exit status 3)."""
     for m, x in snapshot.items():
         if not torch.equal(clean[m], x):
-            raise RuntimeError(f"attack {attack!r} modified its input tensor {m!r} in place (a plugin bug)")
-        if m not in adv or adv[m].shape != x.shape:
-            raise RuntimeError(f"attack {attack!r} returned no {m!r} input of shape {tuple(x.shape)} (a plugin bug)")
+            raise entry.error(f"expected perturb() to leave its inputs alone, but it modified {m!r} in place", where)
+        if m not in adv or not isinstance(adv[m], torch.Tensor) or adv[m].shape != x.shape:
+            got = tuple(adv[m].shape) if isinstance(adv.get(m), torch.Tensor) else ("nothing" if m not in adv else
+                                                                                     type(adv[m]).__name__)
+            raise entry.error(f"expected an {m!r} input of shape {tuple(x.shape)} back, got {got}", where)
         if m not in threat.budgets:
             if not torch.equal(adv[m], x):
-                raise RuntimeError(
-                    f"attack {attack!r} changed modality {m!r}, which the threat does not allow (a plugin bug)"
-                )
+                raise entry.error(f"expected modality {m!r}, which the threat does not attack, unchanged; it was changed",
+                                  where)
             continue
         b = threat.budgets[m]
+        if not torch.isfinite(adv[m]).all():
+            raise entry.error(f"expected finite adversarial {m!r} inputs, got NaN or inf", where)
         delta = (adv[m] - x).flatten(1).double()
         size = delta.abs().amax(1) if b.norm == "linf" else delta.norm(dim=1)
         slack = BUDGET_SLACK * max(b.eps, 1.0)  # float32 rounding of x + delta
         if b.norm != "none" and (b.eps == 0 and not torch.equal(adv[m], x) or (size > b.eps + slack).any()):
-            raise RuntimeError(
-                f"attack {attack!r} exceeded its {b.norm} budget {b.eps:g} on {m!r} "
-                f"(max {float(size.max()):.6g}; a plugin bug)"
-            )
+            raise entry.error(f"expected a {b.norm} perturbation of {m!r} within eps {b.eps:g}, got "
+                              f"{float(size.max()):.6g}", where)
         if (adv[m] < b.bounds[0]).any() or (adv[m] > b.bounds[1]).any():
-            raise RuntimeError(f"attack {attack!r} left the valid range {list(b.bounds)} of {m!r} (a plugin bug)")
-        if not torch.isfinite(adv[m]).all():
-            raise NumericalError(f"attack {attack!r} produced NaN/inf in {m!r}")
+            raise entry.error(f"expected {m!r} inside its valid range {list(b.bounds)}, got values in "
+                              f"[{float(adv[m].min()):.6g}, {float(adv[m].max()):.6g}]", where)

@@ -8,7 +8,10 @@ the local one; a distributed one would consume the same plan) then runs the unit
 Keys are sha256 hashes of everything that determines a result, so a rerun finds finished work in
 the store: a training unit by (model plugin and parameters, starting checkpoint bytes, defense,
 data manifests, seed); a cell by (training unit, attack, threat budget, evaluated samples, seed,
-metrics, evaluation rules).
+metrics, evaluation rules). Every plugin enters a key with its distribution, version and, when
+installed from a working tree, the sha256 of its package's sources (``Entry.provenance``), so an
+upgraded or edited plugin never reuses results it did not make. The training seed leaves the
+provenance out: a plugin upgrade recomputes, but with the same seed.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch
 
 from .components import build_component, check_plugins
 from .data import Dataset
+from .enforce import check_directions, probe_model
 from .errors import UserError
 from .model import AVModel
-from .plugins import Registry, get_registry
+from .plugins import Entry, Registry, get_registry, guard
 from .seeding import derive_seed
 from .suite import PluginSpec, Suite, ThreatSpec, _Where, sha256_json
 from .threat import ThreatModel
@@ -138,26 +142,38 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
     if suite.eval_split not in dataset.splits():
         raise w.error("eval.split", 0,
                       f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
-    manifests = {s: dataset.manifest(s) for s in dataset.splits()}
+    dentry = registry.entry("dataset", suite.data.plugin)
+    with guard(dentry, "the plan", "manifest()"):
+        manifests = {s: dataset.manifest(s) for s in dataset.splits()}
     for split in dataset.splits():  # before any training: a malformed dataset is a clear error
-        check_batch(next(iter(dataset.batches(split, 2))), dataset, suite.data.plugin)
-    n_original = dataset.size(suite.eval_split)
+        with guard(dentry, f"the plan (split {split!r})", "batches()"):
+            first = next(iter(dataset.batches(split, 2)), None)
+        if first is None:
+            raise dentry.error(f"expected split {split!r} to yield at least one batch, got none", "the plan")
+        check_batch(first, dataset, suite.data.plugin, dentry)
+    with guard(dentry, "the plan", "size()"):
+        n_original = dataset.size(suite.eval_split)
     limit = limit if limit is not None else suite.limit
     eval_n = min(n_original, limit) if limit else n_original
+    with guard(dentry, f"the plan (split {suite.eval_split!r})", "batches()"):
+        probe = next(iter(dataset.batches(suite.eval_split, max(1, min(suite.batch_size, eval_n, 8)), limit=eval_n)))
 
     plan = Plan(suite, registry, dataset, dev, eval_n, n_original, manifests,
                 metrics=[(m, x) for m, x in parts.metrics if getattr(x, "scope", "cell") != "model"],
                 model_metrics=[(m, x) for m, x in parts.metrics if getattr(x, "scope", "cell") == "model"])
     plan.iterative = {a.name: getattr(attack, "iterative", None) for a, attack in parts.attacks}
     plan.gradient_free = {a.name: bool(getattr(attack, "gradient_free", False)) for a, attack in parts.attacks}
+    for mspec, metric in parts.metrics:
+        check_directions(registry.entry("metric", mspec.plugin), metric, f"{suite.path}:{mspec.lines.get('', 0)} "
+                         f"{mspec.where}")
     for _, metric in parts.metrics:
         for kind, value in (getattr(metric, "headline", None) or {}).items():
             plan.headline.setdefault(kind, value)
 
     for mspec in suite.models:
-        modalities = _model_modalities(w, mspec, registry, dataset)
+        modalities = _model_modalities(w, mspec, registry, dataset, probe)
         for dspec, defense in parts.defenses:
-            unit = _unit(w, suite, mspec, dspec, defense, manifests, modalities)
+            unit = _unit(w, suite, mspec, dspec, defense, manifests, modalities, registry)
             plan.units.append(unit)
             for aspec, attack in parts.attacks:
                 for tspec in suite.threats:
@@ -196,33 +212,53 @@ def _check_coverage(w: _Where, plan: Plan) -> None:
                       + ("; ..." if len(why) > 4 else "") + "; remove it or add a model that can face it")
 
 
-def _model_modalities(w: _Where, mspec: PluginSpec, registry: Registry, dataset) -> tuple[str, ...]:
-    """Build the model once, leaving every random generator as it was, to learn what it reads."""
+def _model_modalities(w: _Where, mspec: PluginSpec, registry: Registry, dataset, probe=None) -> tuple[str, ...]:
+    """Build the model once, leaving every random generator as it was, to learn what it reads, and
+    probe it on a first batch (its output contract) before anything is trained."""
     states = (random.getstate(), np.random.get_state())
-    with torch.random.fork_rng(devices=[]):
-        model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
-    random.setstate(states[0])
-    np.random.set_state(states[1])
-    if not isinstance(model, AVModel):
-        raise UserError(f"model plugin {mspec.plugin!r} returned {type(model).__name__}, not an avharness.AVModel")
+    entry = registry.entry("model", mspec.plugin)
+    where = f"model {mspec.name!r} ({w.path}:{mspec.lines.get('', 0)} {mspec.where}), before training"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            model = build_component(w, mspec, registry, task=dataset.task, specs=dataset.specs)
+            if probe is not None:
+                probe_model(entry, model, dataset.task, dict(probe.inputs), where)
+            elif not isinstance(model, AVModel):
+                raise entry.error(f"expected an avharness.AVModel, got {type(model).__name__}", where)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
     return tuple(model.modalities)
 
 
-def _unit(w, suite, mspec, dspec, defense, manifests, modalities) -> Unit:
+def provenance(registry: Registry, spec: PluginSpec) -> dict:
+    """The plugin behind a suite entry: distribution, version (and source sha256 for a working tree)."""
+    return registry.entry(spec.kind, spec.plugin).provenance()
+
+
+def _identity(registry: Registry, spec: PluginSpec) -> dict:
+    """A suite entry's identity with the plain plugin name (``avharness:pgd`` and ``pgd`` are one plugin)."""
+    entry: Entry = registry.entry(spec.kind, spec.plugin)
+    return {**spec.identity(), "plugin": entry.name}
+
+
+def _unit(w, suite, mspec, dspec, defense, manifests, modalities, registry: Registry) -> Unit:
     init = None
     if mspec.load:  # a checkpoint enters by its bytes, not its path: moving the file reuses the store
         init = {"sha256": file_sha256(checkpoint_path(w, mspec)), "key_map": mspec.load.get("key_map")}
     identity = {
         "format": STORE_FORMAT,
-        "model": {"plugin": mspec.plugin, "params": mspec.params},
+        "model": {"plugin": registry.entry("model", mspec.plugin).name, "params": mspec.params},
         **({"init": init} if init else {}),
-        "defense": dspec.identity(),
-        "data": {"data": suite.data.identity(), "manifests": manifests},
+        "defense": _identity(registry, dspec),
+        "data": {"data": _identity(registry, suite.data), "manifests": manifests},
         "seed": suite.seed,
     }
-    # The training seed depends on what is trained, never on STORE_FORMAT: a store layout change
-    # must not change any number.
+    # The training seed depends on what is trained, never on STORE_FORMAT nor on the plugins'
+    # versions and sources: a store layout change or a plugin upgrade must not change the seed.
     fit_seed = derive_seed(suite.seed, "fit", sha256_json({k: v for k, v in identity.items() if k != "format"}))
+    identity["plugins"] = {"model": provenance(registry, mspec), "defense": provenance(registry, dspec),
+                           "data": provenance(registry, suite.data)}
     return Unit(mspec, dspec, defense, sha256_json(identity)[:20], fit_seed, init, modalities)
 
 
@@ -230,11 +266,14 @@ def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel) ->
     return sha256_json({
         "format": STORE_FORMAT,
         "train": unit.key,
-        "attack": aspec.identity(),
+        "attack": _identity(plan.registry, aspec),
         "threat": threat.canonical(),
         "eval": plan.eval_id,
         "seed": plan.suite.seed,
-        "metrics": [m.identity() for m, _ in plan.metrics],
+        "metrics": [_identity(plan.registry, m) for m, _ in plan.metrics],
+        # the code behind the attack and the metrics (the unit key covers model, defense and data)
+        "plugins": {"attack": provenance(plan.registry, aspec),
+                    "metrics": [provenance(plan.registry, m) for m, _ in plan.metrics]},
         # only when not the defaults, so cells stored before these options existed stay valid
         **({"judge": judge} if (judge := judge_rules(plan.suite)) else {}),
     })[:20]
@@ -258,17 +297,21 @@ def judge_rules(suite: Suite) -> dict:
     return {k: v for k, v in out.items() if v != defaults[k]}
 
 
-def check_batch(batch, dataset, plugin: str) -> None:
-    """A dataset's batches must match its declared specs; say which modality and shape when not."""
+def check_batch(batch, dataset, plugin: str, entry: Entry | None = None) -> None:
+    """A dataset's batches must match its declared specs; say which modality and shape when not.
+
+    With the dataset's registry ``entry`` a mismatch is a ``PluginError`` (exit 3) naming it."""
+    def fail(msg):
+        return entry.error(msg, "a batch") if entry is not None else UserError(f"dataset {plugin!r} {msg}")
+
     for m, spec in dataset.specs.items():
         x = batch.inputs.get(m)
         if x is None:
-            raise UserError(f"dataset {plugin!r} declares modality {m!r} but its batch has only {sorted(batch.inputs)}")
+            raise fail(f"declares modality {m!r} but its batch has only {sorted(batch.inputs)}")
         if tuple(x.shape[1:]) != tuple(spec.shape):
-            raise UserError(
-                f"dataset {plugin!r} yielded {m!r} of shape {tuple(x.shape[1:])} per sample but its spec "
+            raise fail(
+                f"yielded {m!r} of shape {tuple(x.shape[1:])} per sample but its spec "
                 f"says {tuple(spec.shape)}; fix the dataset plugin or its spec"
             )
     if len(batch.ids) != len(batch):
-        raise UserError(f"dataset {plugin!r} yielded {len(batch.ids)} sample ids for {len(batch)} samples")
-
+        raise fail(f"yielded {len(batch.ids)} sample ids for {len(batch)} samples")

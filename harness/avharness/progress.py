@@ -7,10 +7,13 @@ reporter prints plain lines instead: one as each piece of work (a training run, 
 
 from __future__ import annotations
 
+import logging
 import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+log = logging.getLogger("avharness.run")
 
 
 class Reporter:
@@ -38,9 +41,13 @@ class Reporter:
             self.progress.stop()
 
     def log(self, msg: str) -> None:
-        if not self.enabled:
+        """A log line: through ``logging`` (logger ``avharness.run``) when ``-v`` enabled it, else plain
+        or on the progress console, unless the reporter is quiet."""
+        if log.isEnabledFor(logging.INFO):
+            log.info(msg)
+        elif not self.enabled:
             return
-        if self.plain:
+        elif self.plain:
             print(msg, file=self.console.file, flush=True)
         else:
             self.console.print(msg, highlight=False, markup=False)
