@@ -9,6 +9,11 @@ finished run; both return a ``Report`` (tables as pandas DataFrames, figures fro
 
 __version__ = "0.1.0"
 
+# Before any submodule imports torch: numbers that do not depend on the CPU (see numerics.py).
+from .numerics import portable_defaults as _portable_defaults
+
+_portable_defaults()
+
 from .api import Report, load_report, run
 from .contracts import Attack, AttackOutput, AttackStats, Defense, Evidence, FitContext, Metric, ModelEvidence, ModelMetric
 from .data import Batch, Dataset, InputSpec

@@ -25,6 +25,7 @@ from .enforce import fit_facts, metric_values
 from .enforce import probe_model as probe_contract
 from .errors import UserError
 from .model import AVModel, load_model, model_spec, save_model
+from .numerics import training_threads
 from .plan import STORE_FORMAT, Plan, PlannedCell, Unit, check_batch, compile_plan
 from .plugins import Entry, Registry, guard
 from .progress import Reporter
@@ -205,7 +206,7 @@ def train_or_load(plan: Plan, unit: Unit, store: Store, reporter: Reporter) -> T
     ctx = FitContext(device=dev, seed=unit.fit_seed, progress=reporter.task, log=reporter.log)
     t = time.perf_counter()
     dentry = plan.registry.entry("defense", dspec.plugin)
-    with guard(dentry, f"unit {unit.label}", "fit()"):
+    with guard(dentry, f"unit {unit.label}", "fit()"), training_threads():  # thread count: numerics.py
         facts = unit.defense_impl.fit(model, dataset, ctx)
     fit = fit_facts(dentry, facts, f"unit {unit.label}")
     fit.setdefault("wall_s", round(time.perf_counter() - t, 3))

@@ -27,6 +27,7 @@ from .data import Dataset
 from .enforce import check_directions, probe_model
 from .errors import UserError
 from .model import AVModel
+from .numerics import training_threads
 from .plugins import Entry, Registry, get_registry, guard
 from .seeding import derive_seed
 from .suite import PluginSpec, Suite, ThreatSpec, _Where, sha256_json
@@ -143,7 +144,8 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
         raise w.error("eval.split", 0,
                       f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
     dentry = registry.entry("dataset", suite.data.plugin)
-    with guard(dentry, "the plan", "manifest()"):
+    # a dataset that builds or caches itself does so here, with the training thread count (numerics.py)
+    with guard(dentry, "the plan", "manifest()"), training_threads():
         manifests = {s: dataset.manifest(s) for s in dataset.splits()}
     for split in dataset.splits():  # before any training: a malformed dataset is a clear error
         with guard(dentry, f"the plan (split {split!r})", "batches()"):

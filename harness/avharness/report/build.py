@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, numerics
 from ..errors import UserError
 from ..stats import METHODS as INTERVALS
 from ..stats import ids_sha256
@@ -40,6 +40,8 @@ def environment(device) -> dict:
         "numpy": np.__version__,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        # instruction-set caps and training threads in force: what makes numbers machine-independent
+        "numerics": numerics.describe(),
     }
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
