@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from avharness import Batch, InputSpec, Task, UserError, atomic_write_bytes, derive_seed, generator
+from avharness.numerics import training_threads
 
 #: bump when the generated data change for the same knobs (invalidates caches)
 FORMAT_VERSION = 1
@@ -270,7 +271,8 @@ class AVDigits:
             except Exception as exc:  # unreadable, truncated or foreign: rebuild and replace it
                 warnings.warn(f"avdigits: ignoring the cache file {path} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); rebuilding it", stacklevel=2)
-        payload = build(self.seed, self.knobs)
+        with training_threads():  # the same bits whoever builds it, on any core count (avharness.numerics)
+            payload = build(self.seed, self.knobs)
         payload["key"] = key
         _atomic_save(payload, path)
         return payload
