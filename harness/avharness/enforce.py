@@ -25,7 +25,9 @@ def looks_like_probabilities(out: torch.Tensor, kind: str) -> str:
     """Why these outputs look like probabilities rather than logits, or "".
 
     Multiclass: every value in [0, 1] and every row summing to 1. Multi-label: every value in
-    [0, 1] (only judged on 16 or more values, so a few small logits are not mistaken for it).
+    [0, 1] and some below 0.01 (most tags are absent from a clip, so sigmoid outputs sit near 0),
+    judged on 64 or more values. An untrained tagger's logits can all lie in [0, 1] (attention-pooled
+    log-space logits start near 0), so the value range alone would refuse valid models.
     """
     if out.numel() == 0:
         return ""
@@ -37,8 +39,8 @@ def looks_like_probabilities(out: torch.Tensor, kind: str) -> str:
                                                atol=1e-4):
             return "every value in [0, 1] and every row summing to 1 (softmax probabilities)"
         return ""
-    if out.numel() >= 16:
-        return f"all {out.numel()} values in [0, 1] (sigmoid probabilities)"
+    if out.numel() >= 64 and float(out.min()) < 0.01:
+        return f"all {out.numel()} values in [0, 1], the smallest {float(out.min()):.2g} (sigmoid probabilities)"
     return ""
 
 
