@@ -35,7 +35,7 @@ import torch
 
 from avharness import AttackOutput, NumericalError, SampleRNG, UserError
 
-from .goals import LOSSES, Goal, check_goal, check_int
+from .goals import LOSSES, Goal, check_finite, check_goal, check_int
 from .pgd import _direction, _l2, _per_sample
 
 
@@ -91,6 +91,7 @@ class APGD:
         clean = {m: inputs[m].detach() for m in attacked}
         with torch.no_grad():
             clean_logits = model(inputs)
+            check_finite(self.name, clean_logits)
         goal = Goal(task, self.goal, self.margin, clean_logits, target)
         if self.loss == "dlr_targeted":
             goal.refuse_targets(self.name)
@@ -152,10 +153,11 @@ class APGD:
             grads = {m: torch.zeros_like(adv[m]) for m in attacked}
             total = torch.zeros(n, device=dev)
             for _ in range(self.eot_iter):
-                leaves = {m: adv[m].detach().requires_grad_(True) for m in attacked}
-                logits = model({**rest, **leaves})
-                loss = goal.loss(self.loss, logits, t)
-                gs = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
+                with torch.enable_grad():  # also when the caller is under no_grad
+                    leaves = {m: adv[m].detach().requires_grad_(True) for m in attacked}
+                    logits = model({**rest, **leaves})
+                    loss = goal.loss(self.loss, logits, t)
+                    gs = torch.autograd.grad(loss.sum(), list(leaves.values()), allow_unused=True)
                 for m, gm in zip(attacked, gs):
                     if gm is not None:
                         grads[m] += gm

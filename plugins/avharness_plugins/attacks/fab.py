@@ -32,7 +32,7 @@ import torch
 
 from avharness import AttackOutput, NumericalError, SampleRNG, UserError
 
-from .goals import Goal, check_goal, check_int
+from .goals import Goal, check_finite, check_goal, check_int
 
 BISECT = 40
 
@@ -112,6 +112,7 @@ class FAB:
         budgets = {m: threat.budgets[m] for m in attacked}
         with torch.no_grad():
             clean_logits = model(inputs)
+            check_finite(self.name, clean_logits)
         goal = Goal(task, self.goal, self.margin, clean_logits, target)
         goal.refuse_targets(self.name)
         dev = target.device
@@ -171,10 +172,11 @@ class FAB:
         adv = u0.clone()
         size = torch.full((n,), float("inf"), device=u0.device)
         for _ in range(self.steps):
-            leaves = {m: v.requires_grad_(True) for m, v in to_inputs(u).items()}
-            logits = model({**rest, **leaves})
-            f = goal.target_margin(logits, t)
-            grads = torch.autograd.grad(f.sum(), list(leaves.values()), allow_unused=True)
+            with torch.enable_grad():  # also when the caller is under no_grad
+                leaves = {m: v.requires_grad_(True) for m, v in to_inputs(u).items()}
+                logits = model({**rest, **leaves})
+                f = goal.target_margin(logits, t)
+                grads = torch.autograd.grad(f.sum(), list(leaves.values()), allow_unused=True)
             with torch.no_grad():
                 if not bool(torch.isfinite(f).all()):
                     raise NumericalError(f"{self.name}: the model's logits were NaN or inf; check the model for overflow")

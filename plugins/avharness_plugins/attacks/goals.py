@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from avharness import UserError
+from avharness import NumericalError, UserError
 from avharness.success import sample_ap
 
 GOALS = ("auto", "any_flip", "top1", "ap_drop")
@@ -48,6 +48,12 @@ def check_goal(attack: str, goal, margin) -> None:
 def check_int(attack: str, name: str, value, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{attack}: {name} must be an integer >= {low}, got {value!r}")
+
+
+def check_finite(attack: str, logits: torch.Tensor) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise NumericalError(f"{attack}: the model's logits were NaN or inf on the clean inputs; check the model for "
+                             "overflow (its logits must be finite inside the input bounds)")
 
 
 def _sorted_desc(z: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 
 from avharness import AttackOutput, NumericalError, SampleRNG, UserError
 
-from .goals import Goal, check_goal, check_int
+from .goals import Goal, check_finite, check_goal, check_int
 from .pgd import _per_sample
 
 BLOCK = 500  # queries whose random numbers are drawn at once per sample
@@ -133,6 +133,7 @@ class Square:
         budgets = {m: threat.budgets[m] for m in attacked}
         with torch.no_grad():
             clean_logits = model(inputs)
+            check_finite(self.name, clean_logits)
             goal = Goal(task, self.goal, self.margin, clean_logits, target)
             wrong = goal.broken(clean_logits)
             attackable = ~wrong
