@@ -9,7 +9,10 @@ from avharness.cli import main
 from avharness.conformance import check_attack, check_model, check_plugin
 from avharness.plugins import get_registry
 
-PARAMS = {"ensemble": {"attacks": ["fgsm", {"plugin": "pgd", "steps": 3}]}}
+PARAMS = {"ensemble": {"attacks": ["fgsm", {"plugin": "pgd", "steps": 3}]},
+          # the contract does not depend on the budget of queries and steps; the defaults take minutes here
+          "square": {"n_queries": 200}, "autoattack": {"steps": 10, "n_queries": 200}, "apgd": {"steps": 20},
+          "fab": {"steps": 20}}
 
 
 #: built-ins whose contract tests run in their own test files: the AudioSet zoo reads frame features
