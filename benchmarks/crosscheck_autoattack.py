@@ -43,21 +43,21 @@ def train_video_model(data, epochs: int, seed: int = 0):
     return model.eval()
 
 
-def attack_pairs(torchattacks, plain, ta_norm, eps, steps, queries):
+def attack_pairs(torchattacks, plain, ta_norm, eps, steps, queries, seed=0):
     """name -> (native factory, torchattacks factory) at one budget."""
     return {
         "apgd-ce": (lambda: build_apgd("ce", steps),
-                    lambda: torchattacks.APGD(plain, norm=ta_norm, eps=eps, steps=steps, loss="ce", seed=0)),
+                    lambda: torchattacks.APGD(plain, norm=ta_norm, eps=eps, steps=steps, loss="ce", seed=seed)),
         "apgd-t": (lambda: build_apgd("dlr_targeted", steps, targets=9),
-                   lambda: torchattacks.APGDT(plain, norm=ta_norm, eps=eps, steps=steps, n_classes=10, seed=0)),
+                   lambda: torchattacks.APGDT(plain, norm=ta_norm, eps=eps, steps=steps, n_classes=10, seed=seed)),
         "fab-t": (lambda: build_fab(steps, targets=9),
                   lambda: torchattacks.FAB(plain, norm=ta_norm, eps=eps, steps=steps, multi_targeted=True,
-                                           n_classes=10, seed=0)),
+                                           n_classes=10, seed=seed)),
         "square": (lambda: build_square(queries),
-                   lambda: torchattacks.Square(plain, norm=ta_norm, eps=eps, n_queries=queries, seed=0)),
+                   lambda: torchattacks.Square(plain, norm=ta_norm, eps=eps, n_queries=queries, seed=seed)),
         "autoattack": (lambda: build_autoattack("standard", steps=10, n_queries=5000),
                        lambda: torchattacks.AutoAttack(plain, norm=ta_norm, eps=eps, version="standard", n_classes=10,
-                                                       seed=0)),
+                                                       seed=seed)),
     }
 
 
@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="comma-separated subset of attacks (apgd-ce,apgd-t,fab-t,square,autoattack)")
     p.add_argument("--tolerance", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="attack seed of both sides (the model is always trained with seed 0)")
     args = p.parse_args(argv)
     try:
         import torchattacks
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
 
     def native(attack, norm, eps):
         threat = ThreatModel(norm, {"video": Budget(norm, eps, (0.0, 1.0))})
-        out = attack.perturb(model, {"video": x}, y, threat, data.task, SampleRNG(0, "crosscheck", ids))
+        out = attack.perturb(model, {"video": x}, y, threat, data.task, SampleRNG(args.seed, "crosscheck", ids))
         return out["video"]
 
     def robust(adv) -> float:
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     for norm in args.norms.split(","):
         eps = args.eps_linf if norm == "linf" else args.eps_l2
         ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
-        pairs = attack_pairs(torchattacks, plain, ta_norm, eps, args.steps, args.queries)
+        pairs = attack_pairs(torchattacks, plain, ta_norm, eps, args.steps, args.queries, args.seed)
         for name, (ours, theirs) in pairs.items():
             if only and name not in only:
                 continue

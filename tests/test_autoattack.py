@@ -128,3 +128,19 @@ def test_bad_parameters():
     for kwargs, word in (({"version": "plus"}, "version"), ({"steps": 0}, "steps"), ({"goal": "x"}, "goal")):
         with pytest.raises(UserError, match=word):
             build_autoattack(**kwargs)
+
+
+def test_gradient_free_stage_check():
+    from avharness.checks import cell_checks
+
+    def cell(broke):
+        return {"id": f"c{broke}", "model": "m", "defense": "d", "attack": "autoattack", "threat": "t", "step": 1,
+                "eps": {"audio": 0.1}, "n": 100, "robust_accuracy": 0.3, "clean_accuracy": 0.9, "samples": [],
+                "attack_stats": {"gradient_free_broke": float(broke)}}
+
+    def status(cells):
+        return {c["name"]: c for c in cell_checks(cells, {"autoattack": True})}["gradient_free_stage_breaks"]
+
+    assert status([cell(0), cell(2)])["status"] == "pass"
+    bad = status([cell(0), cell(7)])
+    assert bad["status"] == "fail" and bad["value"] == 0.07 and bad["subject"] == "c7"

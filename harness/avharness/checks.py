@@ -193,6 +193,23 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
                 where,
             )
         )
+
+    # Inside a cascade (autoattack): samples a gradient-free stage broke after every gradient stage had failed.
+    masked = [(c["attack_stats"]["gradient_free_broke"] / c["n"], c["id"]) for c in cells
+              if "gradient_free_broke" in c.get("attack_stats", {}) and c.get("n")]
+    if masked:
+        worst = max(masked)
+        out.append(
+            check(
+                "gradient_free_stage_breaks",
+                "pass" if worst[0] <= 0.02 else "fail",
+                worst[0],
+                0.02,
+                "largest share of a cell's samples that a cascade's gradient-free stage (Square) broke after every "
+                "gradient stage failed on them; gradient attacks should leave it nothing, so a share suggests masking",
+                worst[1],
+            )
+        )
     return out
 
 
