@@ -147,7 +147,8 @@ class FAB:
             x = inputs[m].detach()
             cand = budgets[m].project((piece * budgets[m].eps).view_as(x), x)
             out[m] = torch.where(found.view(-1, *[1] * (x.dim() - 1)), cand, x.clone())
-        passes["unbroken_at_end"] = float((attackable & ~(best_size <= 1.0)).sum())
+        # no "unbroken_at_end": the loss_converged check reads it with a loss trajectory, which FAB has not
+        passes["unbroken_within_budget"] = float((attackable & ~(best_size <= 1.0)).sum())
         return AttackOutput(out, passes)
 
     def _run(self, model, inputs, attacked, sizes, budgets, idx, u0, lo, hi, norm, goal, t, best_size, rng, run,

