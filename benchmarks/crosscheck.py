@@ -1,5 +1,6 @@
 """Run suites/crosscheck.yaml and print, per (model, threat, eps), the robust accuracy of native
-PGD, ART PGD and foolbox LinfPGD and the largest gap; exit 1 when a gap exceeds the tolerance.
+PGD, ART PGD and foolbox LinfPGD, and of native APGD and ART's APGD, with each group's gap; exit 1
+when a gap exceeds the tolerance.
 
     python benchmarks/crosscheck.py [--tolerance 0.03] [-o reports/crosscheck]
 """
@@ -25,13 +26,17 @@ def main() -> int:
     rows = defaultdict(dict)
     for c in report["cells"]:
         rows[(c["model"], c["threat"], c["canonical"])][c["attack"]] = c["robust_accuracy"]
+    groups = {"pgd": ("native", "art", "foolbox"), "apgd": ("native_apgd", "art_apgd")}
     worst = 0.0
-    print(f"{'model':8} {'budget':34} {'native':>7} {'art':>7} {'foolbox':>7} {'gap':>6}")
+    print(f"{'model':8} {'budget':34} {'native':>7} {'art':>7} {'foolbox':>7} {'gap':>6}   {'apgd':>7} {'art':>7} {'gap':>6}")
     for (model, _threat, canon), acc in rows.items():
-        gap = max(acc.values()) - min(acc.values())
-        worst = max(worst, gap)
-        print(f"{model:8} {canon:34} " + " ".join(f"{acc.get(a, float('nan')):7.3f}" for a in ("native", "art", "foolbox"))
-              + f" {gap:6.3f}")
+        line = f"{model:8} {canon:34} "
+        for names in groups.values():
+            got = [acc[a] for a in names if a in acc]
+            gap = max(got) - min(got) if got else 0.0
+            worst = max(worst, gap)
+            line += " ".join(f"{acc.get(a, float('nan')):7.3f}" for a in names) + f" {gap:6.3f}   "
+        print(line.rstrip())
     ok = worst <= args.tolerance
     print(f"largest gap {worst:.3f} on {report['data']['eval']['n_effective']} samples: "
           f"{'within' if ok else 'BEYOND'} tolerance {args.tolerance}")

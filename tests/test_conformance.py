@@ -13,7 +13,9 @@ PARAMS = {"ensemble": {"attacks": ["fgsm", {"plugin": "pgd", "steps": 3}]},
           # small settings keep the kit fast; the contract does not depend on them
           "art.cw": {"steps": 10, "binary_search_steps": 2},
           "adversarial": {"budgets": {"audio": {"norm": "linf", "eps": 0.1}}, "epochs": 1},
-          "standard": {"epochs": 2}, "mixup": {"epochs": 2}, "metric_mixup": {"epochs": 2}}
+          "standard": {"epochs": 2}, "mixup": {"epochs": 2}, "metric_mixup": {"epochs": 2},
+          "square": {"n_queries": 200}, "autoattack": {"steps": 10, "n_queries": 200}, "apgd": {"steps": 20},
+          "fab": {"steps": 20}}
 
 
 #: built-ins whose contract tests run in their own test files: the AudioSet zoo reads frame features

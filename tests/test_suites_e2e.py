@@ -61,7 +61,8 @@ def test_audioset_suite_end_to_end(audioset_root, tmp_path, capsys):
     data += ["--set", f"data.stats={tmp_path / 'stats.json'}"]
     code, out, err = run_cli(["model", "init", AUDIOSET, *data, *small(5), "-o", tmp_path / "ckpt"], capsys)
     assert code == 0, err
-    args = [*data, *small(5), *checkpoints(tmp_path / "ckpt", AUDIOSET_MODELS), "--set", "attacks.0.steps=2"]
+    args = [*data, *small(5), *checkpoints(tmp_path / "ckpt", AUDIOSET_MODELS), "--set", "attacks.0.steps=2",
+            "--set", "attacks.1.steps=2", "--set", "attacks.1.n_queries=5"]
     code, out, err = run_cli(["run", AUDIOSET, *args, "-o", tmp_path / "out", "-q"], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -127,7 +128,8 @@ def test_kinetics_sounds_suite_end_to_end(tmp_path, capsys):
     code, _, err = run_cli(["model", "init", KINETICS, *data, *small(4, no_layers=(0,)), "-o", tmp_path / "ckpt"], capsys)
     assert code == 0, err
     args = [*data, *small(4, no_layers=(0,)), *checkpoints(tmp_path / "ckpt", KINETICS_MODELS),
-            "--set", "attacks.1.steps=2", "--set", "threats.0.audio.eps=[0.0, 0.1]",
+            "--set", "attacks.1.steps=2", "--set", "attacks.2.steps=2", "--set", "attacks.2.n_queries=5",
+            "--set", "threats.0.audio.eps=[0.0, 0.1]",
             "--set", "threats.1.video.eps=[0.0, 0.1]", "--set", "threats.2.audio.eps=[0.0, 0.1]",
             "--set", "threats.2.video.eps=[0.0, 0.1]"]
     code, _, err = run_cli(["run", KINETICS, *args, "-o", tmp_path / "out", "-q"], capsys)

@@ -34,6 +34,9 @@ class AttackStats:
     #: rising at the end (the ``loss_converged`` check: too few steps overstate robustness)
     UNBROKEN_AT_END = "unbroken_at_end"
     UNBROKEN_RISING_AT_END = "unbroken_loss_rising_at_end"
+    #: samples a cascade's gradient-free stage broke after every gradient stage had failed on them
+    #: (the ``gradient_free_stage_breaks`` check: a sign of gradient masking)
+    GRADIENT_FREE_BROKE = "gradient_free_broke"
     #: suffix of a cascade stage's count of samples still robust after it: ``<stage>/robust_after``
     STAGE_ROBUST_SUFFIX = "/robust_after"
 

@@ -84,7 +84,7 @@ def cell_checks(cells: list[dict], iterative: dict[str, bool | None],
     n = max((c["n"] for c in cells), default=1)
     out = [_eps_zero_noop(cells), _budget_respected(cells), _robust_le_clean(cells), _sweep_monotone(cells, n),
            _iterative_beats_single_step(by_budget, iterative, n), _loss_converged(cells),
-           _gradient_free_not_stronger(by_budget, gradient_free or {})]
+           _gradient_free_not_stronger(by_budget, gradient_free or {}), _gradient_free_stage_breaks(cells)]
     return [c for c in out if c is not None]
 
 
@@ -188,6 +188,19 @@ def _gradient_free_not_stronger(by_budget: dict, gradient_free: dict) -> dict | 
     return check("gradient_free_not_stronger", "pass" if worst <= 0.02 else "fail", worst, 0.02,
                  "largest margin by which a gradient-free attack beats every gradient attack at the same "
                  "budget; gradient attacks should win, so a margin suggests gradient masking", where)
+
+
+def _gradient_free_stage_breaks(cells: list[dict]) -> dict | None:
+    """Inside a cascade (autoattack): samples a gradient-free stage broke after every gradient stage failed."""
+    masked = [(c["attack_stats"][AttackStats.GRADIENT_FREE_BROKE] / c["n"], c["id"]) for c in cells
+              if AttackStats.GRADIENT_FREE_BROKE in c.get("attack_stats", {}) and c.get("n")]
+    if not masked:
+        return None
+    worst = max(masked)
+    return check("gradient_free_stage_breaks", "pass" if worst[0] <= 0.02 else "fail", worst[0], 0.02,
+                 "largest share of a cell's samples that a cascade's gradient-free stage (Square) broke after every "
+                 "gradient stage failed on them; gradient attacks should leave it nothing, so a share suggests masking",
+                 worst[1])
 
 
 def _status(rise: float, n: int) -> str:

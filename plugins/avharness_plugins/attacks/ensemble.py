@@ -19,13 +19,17 @@ class Ensemble:
         #: the cascade is iterative if any stage is (read by the validity checks)
         self.iterative = any(getattr(a, "iterative", False) for _, a in stages)
 
+    def held(self, task, logits, target, clean_logits):
+        """Per sample: still robust, so later stages attack it (a preset may follow another rule)."""
+        return task.correct(logits, target)
+
     def perturb(self, model, inputs, target, threat, task, rng):
         attacked = [m for m in threat.modalities if threat.budgets[m].eps > 0]
         if not attacked:
             return dict(inputs)
         with torch.no_grad():
-            logits = model(inputs)
-            robust = task.correct(logits, target)
+            clean_logits = logits = model(inputs)
+            robust = self.held(task, logits, target, clean_logits)
             best_loss = task.loss(logits, target)
         out = {m: (x.clone() if m in attacked else x) for m, x in inputs.items()}
         stats = {"forward_samples": float(len(target))}
@@ -43,7 +47,7 @@ class Ensemble:
                     res = res.inputs
                 with torch.no_grad():
                     logits = model({**sub, **{m: res[m] for m in attacked}})
-                    broken = ~task.correct(logits, target[idx])
+                    broken = ~self.held(task, logits, target[idx], clean_logits[idx])
                     loss = task.loss(logits, target[idx])
                 stats["forward_samples"] += float(idx.numel())
                 # broken samples take this stage's input; unbroken ones keep their highest-loss candidate
