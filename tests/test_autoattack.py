@@ -131,7 +131,7 @@ def test_bad_parameters():
 
 
 def test_gradient_free_stage_check():
-    from avharness.checks import cell_checks
+    from avharness.report.checks import cell_checks
 
     def cell(broke):
         return {"id": f"c{broke}", "model": "m", "defense": "d", "attack": "autoattack", "threat": "t", "step": 1,
