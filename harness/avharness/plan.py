@@ -26,6 +26,7 @@ from .model import AVModel
 from .plugins import Registry, get_registry
 from .seeding import derive_seed
 from .suite import PluginSpec, Suite, ThreatSpec, _Where, sha256_json
+from .sweep import reuse_identity
 from .threat import ThreatModel
 from .weights import checkpoint_path, file_sha256
 
@@ -169,8 +170,9 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
                         continue
                     for step in range(tspec.steps):
                         threat = tspec.at(step, dataset.specs)
+                        reuse = reuse_identity(suite, tspec, step, dataset.specs, attack)
                         plan.cells.append(PlannedCell(unit, aspec, attack, tspec, step, threat,
-                                                      _cell_key(plan, unit, aspec, threat)))
+                                                      _cell_key(plan, unit, aspec, threat, reuse)))
     return plan
 
 
@@ -204,7 +206,7 @@ def _unit(w, suite, mspec, dspec, defense, manifests, modalities) -> Unit:
     return Unit(mspec, dspec, defense, sha256_json(identity)[:20], fit_seed, init, modalities)
 
 
-def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel) -> str:
+def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel, reuse: dict | None = None) -> str:
     return sha256_json({
         "format": STORE_FORMAT,
         "train": unit.key,
@@ -215,6 +217,9 @@ def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel) ->
         "metrics": [m.identity() for m, _ in plan.metrics],
         # only when not the defaults, so cells stored before these options existed stay valid
         **({"judge": judge} if (judge := judge_rules(plan.suite)) else {}),
+        # eval.reuse_sweep (sweep.py): on by default, so in the key when on; off keeps the old keys
+        **({"reuse": reuse} if reuse is not None else {}),
+        **({"precision": plan.suite.precision} if plan.suite.precision != "fp32" else {}),
     })[:20]
 
 
