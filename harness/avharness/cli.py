@@ -28,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a suite value, e.g. --set eval.limit=100 or --set defenses.0.epochs=2")
     r.add_argument("--limit", type=int, help="evaluate only the first N samples (testing only; recorded in the report)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the suite's device")
+    r.add_argument("--executor", choices=["local", "ray"],
+                   help="where to run: in this process (local) or as Ray tasks (ray); overrides the suite's executor")
+    r.add_argument("--address", help="with --executor ray: the Ray cluster to join ('auto': the one this machine "
+                   "belongs to); without it a local Ray cluster is started and stopped")
+    r.add_argument("--num-cpus", type=int, help="with --executor ray and no --address: CPUs of the local Ray cluster")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
     r.add_argument("--strict", action="store_true", help="exit 1 when a validity check in the report fails (for CI)")
 
@@ -103,13 +108,16 @@ def cmd_run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UserError("--num-cpus must be at least 1")
     suite = load_suite(args.suite, args.overrides)
     out = Path(args.output) if args.output else Path("reports") / suite.name
     ensure_writable(out)
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     reporter = Reporter(enabled=not args.quiet)
     with reporter:
-        res = run_suite(suite, out, device=args.device, limit=args.limit, reporter=reporter)
+        res = run_suite(suite, out, device=args.device, limit=args.limit, reporter=reporter, executor=args.executor,
+                        address=args.address, num_cpus=args.num_cpus)
         t = time.perf_counter()
         report = write_report(res, out, started)
     report_s = time.perf_counter() - t

@@ -97,11 +97,24 @@ class Stages:
 
 
 def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limit: int | None = None,
-              reporter: Reporter | None = None, registry: Registry | None = None) -> RunResult:
-    """Compile the suite into a plan and run it here (the local executor)."""
+              reporter: Reporter | None = None, registry: Registry | None = None, *, executor: str | None = None,
+              address: str | None = None, num_cpus: int | None = None) -> RunResult:
+    """Compile the suite into a plan and run it here (``local``) or as Ray tasks (``ray``, ``ray_executor.py``)."""
     stages = Stages()
     started = time.perf_counter()
     out_dir = ensure_writable(out_dir)
+    executor = executor or suite.executor
+    if executor == "ray":
+        from .ray_executor import RayExecutor, driver_device, import_ray
+
+        import_ray()  # a missing Ray is a one-line error before anything is built
+        with stages("plan"):
+            plan = compile_plan(suite, registry, driver_device(device or suite.device), limit,
+                                log=(reporter or Reporter(enabled=False)).log)
+        return RayExecutor(Store(out_dir / "store"), reporter, stages, address=address, num_cpus=num_cpus,
+                           device=device, limit=limit).run(plan, started)
+    if address is not None:
+        raise UserError("--address joins a Ray cluster; it needs --executor ray (or executor: ray in the suite)")
     with stages("plan"):
         plan = compile_plan(suite, registry, device, limit, log=(reporter or Reporter(enabled=False)).log)
     return LocalExecutor(Store(out_dir / "store"), reporter, stages).run(plan, started)
