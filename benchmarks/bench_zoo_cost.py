@@ -4,7 +4,10 @@ AudioSet zoo model at the seed's sizes, on this machine; the inputs of docs/scal
 Seed sizes: audio log-mel 400 x 64 (AST: Kaldi fbank 1024 x 128), video features 10 x 2048,
 527 labels, every model with its default parameters (embed_dim 1024; AST on
 deit_base_distilled_patch16_384, 86 M parameters). A few batches per model: one warm-up, then
-``--reps`` timed passes; batch 4 (AST: 2). Run alone: other processes on the machine inflate it.
+``--reps`` timed passes; batch 4 (AST: 2). The warm-up pass is also FLOP-counted
+(``torch.utils.flop_counter``: matmuls and convolutions of the forward and the input-gradient
+backward), the hardware-independent input of the GPU estimate in docs/scale.md.
+Run it alone: other processes on the machine inflate the times (not the FLOPs).
 
     python benchmarks/bench_zoo_cost.py [--reps 2] [--models crnn,ast] [--device cpu] [--json out.json]
 """
@@ -47,7 +50,11 @@ def measure(name: str, reps: int, device: torch.device, threads: int) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:  # the warm-up pass, counted: matmul/conv FLOPs of forward + input-gradient backward
+        step()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -55,7 +62,8 @@ def measure(name: str, reps: int, device: torch.device, threads: int) -> dict:
         times.append(time.perf_counter() - t)
     per_batch = min(times)
     return {"model": name, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2), "batch": b,
-            "reads": list(model.modalities), "s_per_sample": per_batch / b, "threads": threads}
+            "reads": list(model.modalities), "s_per_sample": per_batch / b, "threads": threads,
+            "gflop_per_sample": counter.get_total_flops() / b / 1e9}
 
 
 def main() -> None:
@@ -68,11 +76,12 @@ def main() -> None:
     device = torch.device(args.device)
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    print(f"{'model':20s} {'params (M)':>10s} {'batch':>5s} {'s / sample (fwd+bwd)':>22s}")
+    print(f"{'model':20s} {'params (M)':>10s} {'batch':>5s} {'s / sample (fwd+bwd)':>22s} {'GFLOP / sample':>15s}")
     for name in args.models.split(","):
         r = measure(name, args.reps, device, torch.get_num_threads())
         rows.append(r)
-        print(f"{name:20s} {r['params_M']:10.2f} {r['batch']:5d} {r['s_per_sample']:22.4f}", flush=True)
+        print(f"{name:20s} {r['params_M']:10.2f} {r['batch']:5d} {r['s_per_sample']:22.4f} {r['gflop_per_sample']:15.1f}",
+              flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

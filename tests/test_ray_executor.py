@@ -70,17 +70,22 @@ def run(tmp_path, text, out, *extra, code=0):
 RAY = ("--executor", "ray", "--num-cpus", "2")
 
 
+WITH_DENSITY = GOOD.replace("metrics: [accuracy, attack_success_rate, perturbation]",
+                            "metrics: [accuracy, attack_success_rate, perturbation, {plugin: density, k: 5}]")
+
+
 def test_same_numbers_on_ray_and_shared_store(helpers, tmp_path):
-    local = run(tmp_path, GOOD, tmp_path / "local")
-    ray = run(tmp_path, GOOD, tmp_path / "ray", *RAY)
+    local = run(tmp_path, WITH_DENSITY, tmp_path / "local")
+    ray = run(tmp_path, WITH_DENSITY, tmp_path / "ray", *RAY)
     assert not any(c["reused"] for c in ray["cells"])
     assert [c["key"] for c in ray["cells"]] == [c["key"] for c in local["cells"]]
     assert [c["metrics"] for c in ray["cells"]] == [c["metrics"] for c in local["cells"]]
     assert [c["attack_stats"] for c in ray["cells"]] == [c["attack_stats"] for c in local["cells"]]
     assert compare(ray, local, tolerance=0.0) == []
     assert (tmp_path / "ray" / "samples.jsonl").read_text() == (tmp_path / "local" / "samples.jsonl").read_text()
+    assert [m["metrics"] for m in ray["models"]] == [m["metrics"] for m in local["models"]]  # model-scope metrics
     # the local executor reuses every checkpoint and cell the Ray run stored
-    again = run(tmp_path, GOOD, tmp_path / "ray")
+    again = run(tmp_path, WITH_DENSITY, tmp_path / "ray")
     assert all(c["reused"] for c in again["cells"]) and all(m["reused"] for m in again["models"])
 
 
@@ -92,6 +97,29 @@ def test_worker_killed_mid_run_loses_nothing(helpers, tmp_path):
     local = run(tmp_path, text, tmp_path / "local")
     assert [c["metrics"] for c in ray["cells"]] == [c["metrics"] for c in local["cells"]]
     assert (tmp_path / "ray" / "samples.jsonl").read_text() == (tmp_path / "local" / "samples.jsonl").read_text()
+
+
+def test_interrupted_ray_run_resumes(helpers, tmp_path, monkeypatch):
+    from avharness.store import Store
+
+    original, calls = Store.save_cell, {"n": 0}
+
+    def interrupted(self, key, cell):
+        calls["n"] += 1
+        if calls["n"] == 4:  # Ctrl-C on the driver while tasks are still running
+            raise KeyboardInterrupt
+        return original(self, key, cell)
+
+    monkeypatch.setattr(Store, "save_cell", interrupted)
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, GOOD)), "-o", str(out), "-q", *RAY]) == 130
+    assert len(list((out / "store" / "cells").glob("*.json"))) == 3
+    monkeypatch.setattr(Store, "save_cell", original)
+    resumed = run(tmp_path, GOOD, out, *RAY)
+    assert sum(c["reused"] for c in resumed["cells"]) == 3
+    fresh = run(tmp_path, GOOD, tmp_path / "fresh")
+    assert compare(resumed, fresh) == []
+    assert (out / "samples.jsonl").read_text() == (tmp_path / "fresh" / "samples.jsonl").read_text()
 
 
 def test_node_without_the_data_is_one_line(helpers, tmp_path, capsys, monkeypatch):
