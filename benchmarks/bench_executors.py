@@ -31,13 +31,22 @@ def main() -> None:
     p.add_argument("--suite", default="suites/quickstart.yaml")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--full", action="store_true", help="the suite as written (no shrinking overrides)")
+    p.add_argument("-o", "--output", help="keep both runs' folders here (default: a temporary folder)")
     args = p.parse_args()
     extra = ["--limit", str(args.limit)] + ([] if args.full else SHRINK)
     with tempfile.TemporaryDirectory() as tmp:
-        t_local, local = run(args.suite, Path(tmp) / "local", extra)
-        t_ray, ray = run(args.suite, Path(tmp) / "ray", extra + ["--executor", "ray", "--num-cpus", "2"])
-        same_samples = (Path(tmp) / "local" / "samples.jsonl").read_bytes() == (Path(tmp) / "ray" / "samples.jsonl").read_bytes()
+        root = Path(args.output or tmp)
+        t_local, local = run(args.suite, root / "local", extra)
+        t_ray, ray = run(args.suite, root / "ray", extra + ["--executor", "ray", "--num-cpus", "2"])
+        same_samples = (root / "local" / "samples.jsonl").read_bytes() == (root / "ray" / "samples.jsonl").read_bytes()
+        for m in local["models"]:  # where a difference starts: the checkpoints, or only the cells
+            a, b = (root / d / "store" / "models" / m["key"] / "model.pt" for d in ("local", "ray"))
+            if a.read_bytes() != b.read_bytes():
+                print(f"checkpoint of {m['name']} differs between the executors")
     same_values = [c["metrics"] for c in local["cells"]] == [c["metrics"] for c in ray["cells"]]
+    for a, b in zip(local["cells"], ray["cells"]):
+        if a["metrics"] != b["metrics"]:
+            print(f"differs: {a['id']}: robust {a['robust_accuracy']:.4f} local, {b['robust_accuracy']:.4f} ray")
     same_keys = [c["key"] for c in local["cells"]] == [c["key"] for c in ray["cells"]]
     print(f"suite {args.suite} ({' '.join(extra)}): {len(local['cells'])} cells, {len(local['models'])} models")
     print(f"local executor      : {t_local:7.1f} s wall")

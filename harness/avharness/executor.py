@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
     stages = Stages()
     started = time.perf_counter()
     out_dir = ensure_writable(out_dir)
+    set_threads()
     executor = executor or suite.executor
     if executor == "ray":
         from .ray_executor import RayExecutor, driver_device, import_ray
@@ -118,6 +120,15 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
     with stages("plan"):
         plan = compile_plan(suite, registry, device, limit, log=(reporter or Reporter(enabled=False)).log)
     return LocalExecutor(Store(out_dir / "store"), reporter, stages).run(plan, started)
+
+
+def set_threads() -> None:
+    """``AVHARNESS_THREADS=N``: torch's CPU threads here and in every Ray task (numbers depend on it, in the last bits)."""
+    value = os.environ.get("AVHARNESS_THREADS")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"AVHARNESS_THREADS must be a whole number >= 1, got {value!r}")
+        torch.set_num_threads(int(value))
 
 
 class LocalExecutor:

@@ -86,6 +86,14 @@ def _worker_plan(job: dict) -> dict:
         from .plugins import get_registry
 
         _WORKER.clear()
+        # CPU kernels split their reductions by thread count (batch norm, parallel sums), so a model
+        # trained with 1 thread differs in its last bits from one trained with 2. Ray starts workers
+        # with OMP_NUM_THREADS = the task's num_cpus; run with the driver's count instead, so a Ray
+        # run gives the local executor's numbers (AVHARNESS_THREADS=N sets both: N = num_cpus per
+        # task avoids oversubscribing the nodes).
+        import torch
+
+        torch.set_num_threads(job["threads"])
         try:
             plan = compile_plan(job["suite"], get_registry(), job["device"], job["limit"])
         except UserError as exc:
@@ -111,11 +119,12 @@ def _trained(job: dict, unit_index: int, ckpt: dict):
     if unit.key not in w["trained"]:
         import json
 
-        folder = Path(tempfile.mkdtemp(prefix="avharness-ckpt-"))
-        for name, data in ckpt.items():
-            (folder / name).write_bytes(data)
-        model = load_model(folder).to(plan.device).eval()
-        w["trained"] = {unit.key: Trained(unit, model, json.loads(ckpt["fit.json"]), True, folder)}
+        with tempfile.TemporaryDirectory(prefix="avharness-ckpt-") as tmp:
+            for name, data in ckpt.items():
+                (Path(tmp) / name).write_bytes(data)
+            model = load_model(tmp).to(plan.device).eval()
+        # one unit at a time per worker: a worker holds one model's weights, not every unit's
+        w["trained"] = {unit.key: Trained(unit, model, json.loads(ckpt["fit.json"]), True, Path(tmp))}
     return plan, w["trained"][unit.key]
 
 
@@ -213,7 +222,10 @@ class RayExecutor:
         opts = {"num_cpus": 1, **suite.resources, "max_retries": 3}
         remote = {f.__name__: ray.remote(f).options(**opts) for f in (train_task, model_metrics_task)}
         remote_cell = ray.remote(cell_task).options(num_returns=2, **opts)
+        import torch
+
         job = ray.put({"id": f"{os.getpid()}-{time.time_ns()}", "suite": suite, "device": self.device or suite.device,
+                       "threads": torch.get_num_threads(),
                        "limit": self.limit, "keys": [c.key for c in plan.cells] + [u.key for u in plan.units]})
         index = {id(u): i for i, u in enumerate(plan.units)}
         cell_index = {id(c): i for i, c in enumerate(plan.cells)}
