@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a suite value, e.g. --set eval.limit=100 or --set defenses.0.epochs=2")
     r.add_argument("--limit", type=int, help="evaluate only the first N samples (testing only; recorded in the report)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the suite's device")
+    r.add_argument("--executor", choices=["local", "ray"],
+                   help="where to run: in this process (local) or as Ray tasks (ray); overrides the suite's executor")
+    r.add_argument("--address", help="with --executor ray: the Ray cluster to join ('auto': the one this machine "
+                   "belongs to); without it a local Ray cluster is started and stopped")
+    r.add_argument("--num-cpus", type=int, help="with --executor ray and no --address: CPUs of the local Ray cluster")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or log lines")
     r.add_argument("--strict", action="store_true", help="exit 1 when a validity check in the report fails (for CI)")
     _lock_args(r)
@@ -244,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args) -> int:
-    from .executor import execute_plan
-    from .plan import compile_plan
+    from .executor import compile_for, execute_plan
     from .progress import Reporter
     from .report import write_report
     from .store import check_output_folder, ensure_writable
@@ -253,6 +257,8 @@ def cmd_run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UserError("--num-cpus must be at least 1")
     suite = load_suite(args.suite, args.overrides)
     out = check_output_folder(Path(args.output) if args.output else default_output(suite))
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -262,12 +268,13 @@ def cmd_run(args) -> int:
         if out.exists():  # another run may own it: find out before spending time on the plan
             held.enter_context(_lock(out, args))
         # every suite and plugin error is raised here, before a new output folder is created
-        plan = compile_plan(suite, device=args.device, limit=args.limit, log=reporter.log)
+        plan = compile_for(suite, None, args.device, args.limit, args.executor, args.address, log=reporter.log)
         plan_s = time.perf_counter() - t0
         if not out.exists():
             ensure_writable(out)
             held.enter_context(_lock(out, args))
-        res = execute_plan(plan, out, reporter=reporter, plan_s=plan_s)
+        res = execute_plan(plan, out, reporter=reporter, plan_s=plan_s, executor=args.executor, address=args.address,
+                           num_cpus=args.num_cpus, device=args.device, limit=args.limit)
         t = time.perf_counter()
         report = write_report(res, out, started)
     report_s = time.perf_counter() - t
@@ -443,7 +450,8 @@ def cmd_baseline(args) -> int:
     suite = load_suite(args.suite, args.overrides)
     out = Path(args.output) if args.output else default_output(suite)
     run_args = argparse.Namespace(suite=args.suite, output=str(out), overrides=args.overrides, limit=None,
-                                  device=args.device, quiet=args.quiet, strict=True, wait=False, force_unlock=False)
+                                  device=args.device, quiet=args.quiet, strict=True, wait=False, force_unlock=False,
+                                  executor=None, address=None, num_cpus=None)
     if cmd_run(run_args) != 0:
         print(f"avharness: not updating the baseline: a validity check of the run failed (see {out / 'report.md'})",
               file=sys.stderr)

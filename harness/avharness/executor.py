@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import stats
+from . import stats, sweep
 from .components import build_component
 from .contracts import AttackOutput, Evidence, FitContext, ModelEvidence
 from .enforce import fit_facts, metric_values
@@ -28,6 +29,7 @@ from .model import AVModel, load_model, model_spec, save_model
 from .numerics import training_threads
 from .plan import STORE_FORMAT, Plan, PlannedCell, Unit, check_batch, compile_plan
 from .plugins import Entry, Registry, guard
+from .precision import with_precision
 from .progress import Reporter
 from .report.checks import BUDGET_SLACK, probe_model
 from .report.records import CellRecord, make_cell
@@ -99,21 +101,56 @@ class Stages:
 
 
 def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limit: int | None = None,
-              reporter: Reporter | None = None, registry: Registry | None = None) -> RunResult:
-    """Compile the suite into a plan and run it here (the local executor)."""
+              reporter: Reporter | None = None, registry: Registry | None = None, *, executor: str | None = None,
+              address: str | None = None, num_cpus: int | None = None) -> RunResult:
+    """Compile the suite into a plan and run it here (``local``) or as Ray tasks (``ray``, ``ray_executor.py``)."""
     t = time.perf_counter()
-    plan = compile_plan(suite, registry, device, limit, log=(reporter or Reporter(enabled=False)).log)
-    return execute_plan(plan, out_dir, reporter, plan_s=time.perf_counter() - t)
+    reporter = reporter or Reporter(enabled=False)
+    plan = compile_for(suite, registry, device, limit, executor, address, reporter.log)
+    return execute_plan(plan, out_dir, reporter, plan_s=time.perf_counter() - t, executor=executor, address=address,
+                        num_cpus=num_cpus, device=device, limit=limit)
 
 
-def execute_plan(plan: Plan, out_dir: str | Path, reporter: Reporter | None = None, plan_s: float = 0.0) -> RunResult:
-    """Run a compiled plan on the local executor, storing results under ``out_dir/store``."""
+def compile_for(suite: Suite, registry: Registry | None, device: str | None, limit: int | None,
+                executor: str | None, address: str | None, log=lambda msg: None) -> Plan:
+    """The plan for the chosen executor: a Ray driver without CUDA probes models on its CPU."""
+    if (executor or suite.executor) == "ray":
+        from .ray_executor import driver_device, import_ray
+
+        import_ray()  # a missing Ray is a one-line error before anything is built
+        device = driver_device(device or suite.device)
+    elif address is not None:
+        raise UserError("--address joins a Ray cluster; it needs --executor ray (or executor: ray in the suite)")
+    return compile_plan(suite, registry, device, limit, log=log)
+
+
+def execute_plan(plan: Plan, out_dir: str | Path, reporter: Reporter | None = None, plan_s: float = 0.0, *,
+                 executor: str | None = None, address: str | None = None, num_cpus: int | None = None,
+                 device: str | None = None, limit: int | None = None) -> RunResult:
+    """Run a compiled plan, storing results under ``out_dir/store``: locally, or as Ray tasks whose workers
+    rebuild the same plan from the suite (``device``, ``limit``: as the plan was compiled with)."""
     reporter = reporter or Reporter(enabled=False)
     stages = Stages()
     stages.times["plan"] = plan_s
     out_dir = ensure_writable(out_dir)
     store = Store(out_dir / "store", log=reporter.log)
-    return LocalExecutor(store, reporter, stages).run(plan, time.perf_counter() - plan_s)
+    set_threads()
+    started = time.perf_counter() - plan_s
+    if (executor or plan.suite.executor) == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(store, reporter, stages, address=address, num_cpus=num_cpus, device=device,
+                           limit=limit).run(plan, started)
+    return LocalExecutor(store, reporter, stages).run(plan, started)
+
+
+def set_threads() -> None:
+    """``AVHARNESS_THREADS=N``: torch's CPU threads here and in every Ray task (numbers depend on it, in the last bits)."""
+    value = os.environ.get("AVHARNESS_THREADS")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"AVHARNESS_THREADS must be a whole number >= 1, got {value!r}")
+        torch.set_num_threads(int(value))
 
 
 class LocalExecutor:
@@ -123,6 +160,8 @@ class LocalExecutor:
         self.store = store
         self.reporter = reporter or Reporter(enabled=False)
         self.stages = stages or Stages()
+        #: cell key -> the broken samples its sweep's next step carries (``eval.reuse_sweep``)
+        self._states: dict = {}
 
     def run(self, plan: Plan, started: float | None = None) -> RunResult:
         started = time.perf_counter() if started is None else started
@@ -157,19 +196,58 @@ class LocalExecutor:
         if cell is not None:
             cell["reused"] = True
             return cell
+        cell = self.compute_and_store(plan, tr, pc)
+        cell["reused"] = False
+        return cell
+
+    def compute_and_store(self, plan: Plan, tr: Trained, pc: PlannedCell) -> dict:
+        """Compute a cell (even if stored) and store it: its sweep state first, the cell last."""
+        cell, state = self.compute(plan, tr, pc, self.prior_state(plan, tr, pc))
+        if state is not None:
+            sweep.save_state(self.store, pc.key, state)
+            self._states[pc.key] = sweep.SweepState.from_bytes(state)
+        self.store.save_cell(pc.key, cell)
+        return cell
+
+    def prior_state(self, plan: Plan, tr: Trained, pc: PlannedCell):
+        """The broken samples of the sweep's previous step, recomputing that step if its state is gone."""
+        prev = sweep.previous(plan, pc)
+        if prev is None:
+            return None
+        state = self._states.get(prev.key) or sweep.load_state(self.store, prev.key)
+        if state is None:
+            self.reporter.log(f"cell {prev.label}: recomputing it for the broken samples the next step carries")
+            self.compute_and_store(plan, tr, prev)
+            state = self._states[prev.key]
+        self._states = {prev.key: state}  # one step back is all a sweep needs
+        return state
+
+    def compute(self, plan: Plan, tr: Trained, pc: PlannedCell, prior=None) -> tuple[dict, bytes | None]:
+        """A cell's result and (with ``eval.reuse_sweep``) the sweep state its next step carries."""
+        ev_tr = self._eval_model(plan, tr)
         if tr.clean_logits is None:
             with self.stages("clean"):
-                tr.clean_logits = _clean_pass(plan, tr)
+                tr.clean_logits = _clean_pass(plan, ev_tr)
+        ev_tr.clean_logits = tr.clean_logits
         with self.stages("attack"):
             attack = pc.attack_impl
             if hasattr(attack, "prepare"):  # attacks fitted before use (e.g. universal perturbations)
                 with guard(plan.registry.entry("attack", pc.attack.plugin), f"cell {pc.label}", "prepare()"):
-                    attack = attack.prepare(tr.model, plan.dataset, pc.threat, plan.dataset.task, plan.suite.eval_split)
-            cell = _attack_cell(plan, tr, pc, attack, self.reporter)
+                    attack = attack.prepare(ev_tr.model, plan.dataset, pc.threat, plan.dataset.task,
+                                            plan.suite.eval_split)
+            reuse = sweep.SweepReuse(plan, pc, eval_task(plan.suite, plan.dataset.task), prior) \
+                if plan.suite.reuse_sweep else None
+            cell = _attack_cell(plan, ev_tr, pc, attack, self.reporter, reuse=reuse)
         cell["key"] = pc.key
-        self.store.save_cell(pc.key, cell)
-        cell["reused"] = False
-        return cell
+        return cell, (reuse.state.to_bytes() if reuse is not None else None)
+
+    def _eval_model(self, plan: Plan, tr: Trained) -> Trained:
+        """``tr`` with its model in the suite's precision (autocast) for attacks and evaluation."""
+        if plan.suite.precision == "fp32":
+            return tr
+        if getattr(tr, "_eval", None) is None:
+            tr._eval = dataclasses.replace(tr, model=with_precision(tr.model, plan.suite.precision, plan.device))
+        return tr._eval
 
 
 def eval_task(suite, task):
@@ -283,12 +361,18 @@ def _clean_pass(plan: Plan, tr: Trained) -> torch.Tensor:
     return _finite(torch.cat(out), "clean logits", mentry, where)
 
 
-def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Reporter) -> dict:
-    """Attack every evaluated sample, then score the cell: metrics, per-sample outcomes, budgets used."""
+def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Reporter, reuse=None) -> dict:
+    """Attack every evaluated sample, then score the cell: metrics, per-sample outcomes, budgets used.
+
+    With ``reuse`` (``sweep.SweepReuse``) only the samples still robust are attacked; the others
+    are merged in (clean when the success rule does not apply, carried from the previous step).
+    """
     suite, threat = plan.suite, pc.threat
     task = eval_task(suite, plan.dataset.task)
     t0 = time.perf_counter()
-    ids, targets, adv_logits, stats, attack_stats = _attack_batches(plan, tr, pc, attack, task, reporter)
+    attack_batches = _attack_batches if reuse is None else reuse.wrap(_attack_batches)
+    ids, targets, adv_logits, stats, attack_stats = attack_batches(plan, tr, pc, attack, task, reporter)
+    attack_stats.setdefault("attacked_samples", float(len(ids)))
     label = f"{pc.attack.name} {pc.threat_spec.name} eps#{pc.step} on {tr.spec.name}"
     adv_logits = _finite(torch.cat(adv_logits), f"adversarial logits under {label}",
                          plan.registry.entry("model", tr.spec.plugin), f"cell {pc.label}")
@@ -303,6 +387,8 @@ def _attack_cell(plan: Plan, tr: Trained, pc: PlannedCell, attack, reporter: Rep
         success_rule=suite.success,
         success_margin=suite.success_margin,
     )
+    if reuse is not None:
+        reuse.keep(ev)
     values, directions, details = _metric_values(plan, ev, f"cell {pc.label}")
     intervals, replicates = _metric_intervals(plan, ev, f"cell {pc.label}")
     return {

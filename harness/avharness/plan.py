@@ -31,6 +31,7 @@ from .numerics import training_threads
 from .plugins import Entry, Registry, get_registry, guard
 from .seeding import derive_seed
 from .suite import PluginSpec, Suite, ThreatSpec, _Where, sha256_json
+from .sweep import reuse_identity
 from .threat import ThreatModel
 from .weights import checkpoint_path, file_sha256
 
@@ -186,8 +187,9 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
                         continue
                     for step in range(tspec.steps):
                         threat = tspec.at(step, dataset.specs)
+                        reuse = reuse_identity(suite, tspec, step, dataset.specs, attack)
                         plan.cells.append(PlannedCell(unit, aspec, attack, tspec, step, threat,
-                                                      _cell_key(plan, unit, aspec, threat)))
+                                                      _cell_key(plan, unit, aspec, threat, reuse)))
     _check_coverage(w, plan)
     log(f"plan: {len(plan.units)} training units, {len(plan.cells)} cells, {len(plan.skipped)} skipped; "
         f"{eval_n} samples of {suite.data.plugin} split {suite.eval_split!r}")
@@ -264,7 +266,7 @@ def _unit(w, suite, mspec, dspec, defense, manifests, modalities, registry: Regi
     return Unit(mspec, dspec, defense, sha256_json(identity)[:20], fit_seed, init, modalities)
 
 
-def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel) -> str:
+def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel, reuse: dict | None = None) -> str:
     return sha256_json({
         "format": STORE_FORMAT,
         "train": unit.key,
@@ -278,6 +280,9 @@ def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel) ->
                     "metrics": [provenance(plan.registry, m) for m, _ in plan.metrics]},
         # only when not the defaults, so cells stored before these options existed stay valid
         **({"judge": judge} if (judge := judge_rules(plan.suite)) else {}),
+        # eval.reuse_sweep (sweep.py): on by default, so in the key when on; off keeps the old keys
+        **({"reuse": reuse} if reuse is not None else {}),
+        **({"precision": plan.suite.precision} if plan.suite.precision != "fp32" else {}),
     })[:20]
 
 

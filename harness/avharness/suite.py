@@ -22,11 +22,17 @@ from .yamlload import LineDict, LineList, load_yaml, parse_yaml, plain
 SCHEMA = "avharness/suite@1"
 TOP_KEYS = {
     "schema", "name", "version", "description", "seed", "device", "data", "eval",
-    "models", "defenses", "attacks", "threats", "metrics",
+    "models", "defenses", "attacks", "threats", "metrics", "executor", "resources", "precision",
 }
 EVAL_KEYS = {"split": str, "batch_size": int, "limit": (int, type(None)), "success": str, "success_margin": float,
-             "threshold": (float, type(None))}
+             "threshold": (float, type(None)), "reuse_sweep": bool}
 DEVICES = ("auto", "cpu", "cuda")
+#: where the plan runs (``executor.py``: in this process; ``ray_executor.py``: as Ray tasks)
+EXECUTORS = ("local", "ray")
+#: the model's forward pass in attacks and evaluation (autocast); training is always fp32
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: Ray resources a task may ask for (per training or cell task)
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory")
 #: model entry keys the harness reads itself (weights to start from), never passed to the factory
 LOAD_KEYS = {"checkpoint": str, "key_map": dict}
 #: parameters the harness passes to factories itself; a suite may not set them
@@ -96,6 +102,13 @@ class Suite:
     success: str = "default"
     success_margin: float = 0.1
     threshold: float | None = None
+    #: attack only what is still robust: skip samples the success rule does not apply to (wrong
+    #: when clean) and carry samples broken at a smaller eps of a nested sweep (``sweep.py``)
+    reuse_sweep: bool = True
+    executor: str = "local"
+    #: Ray resources per task, e.g. {"num_cpus": 1, "num_gpus": 0.25}
+    resources: dict = field(default_factory=dict)
+    precision: str = "fp32"
 
     @property
     def sha256(self) -> str:
@@ -252,6 +265,16 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
             "device", _line(raw, "device"), f"must be one of {', '.join(DEVICES)}, got {device!r}"
         )
 
+    executor = get("executor", str, "local")
+    if executor not in EXECUTORS:
+        raise w.error("executor", _line(raw, "executor"),
+                      f"must be one of {', '.join(EXECUTORS)}, got {executor!r}{_suggest(executor, EXECUTORS)}")
+    precision = get("precision", str, "fp32")
+    if precision not in PRECISIONS:
+        raise w.error("precision", _line(raw, "precision"),
+                      f"must be one of {', '.join(PRECISIONS)}, got {precision!r}{_suggest(precision, PRECISIONS)}")
+    resources = _resources(w, get("resources", dict, LineDict()))
+
     data_raw = get("data", dict, required=True)
     data = _plugin_spec(w, "dataset", data_raw, "data", _line(raw, "data"), named=False)
 
@@ -291,6 +314,7 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
             _line(ev, "success_margin"),
             f"must be in [0, 1) (an AP drop), got {success_margin}",
         )
+    reuse_sweep = ev.get("reuse_sweep", True)
     threshold = ev.get("threshold")
     if threshold is not None and not 0 < threshold < 1:
         raise w.error(
@@ -345,7 +369,9 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
             "success": success,
             "success_margin": success_margin,
             "threshold": threshold,
+            "reuse_sweep": reuse_sweep,
         },
+        "precision": precision,
         "models": [{"name": m.name, **m.identity()} for m in models],
         "defenses": [{"name": d.name, **d.identity()} for d in defenses],
         "attacks": [{"name": a.name, **a.identity()} for a in attacks],
@@ -385,7 +411,22 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         success,
         success_margin,
         threshold,
+        reuse_sweep,
+        executor,
+        {k: plain(v) for k, v in resources.items()},
+        precision,
     )
+
+
+def _resources(w: _Where, res) -> dict:
+    """``resources: {num_cpus: 1, num_gpus: 0.25}``: non-negative numbers under known names."""
+    for key, value in res.items():
+        if key not in RESOURCE_KEYS:
+            raise w.error(f"resources.{key}", _line(res, key),
+                          f"unknown key{_suggest(key, RESOURCE_KEYS)}; allowed: {', '.join(RESOURCE_KEYS)}")
+        if not _is(value, float) or value < 0 or not math.isfinite(value):
+            raise w.error(f"resources.{key}", _line(res, key), f"expected a number >= 0, got {value!r}")
+    return res
 
 
 def _default_list(plugin: str) -> LineList:
