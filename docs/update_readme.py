@@ -38,6 +38,23 @@ def _sweep(r: dict, attack: str, threat: str) -> list[str]:
     return _table(["model", "defense", "clean"] + [label[s] for s in steps], rows)
 
 
+def _stronger(r: dict, strong: str = "autoattack", weak: str = "pgd") -> str:
+    """How the stronger evaluation moved robust accuracy against PGD-20, cell by matched cell."""
+    by = {(c["model"], c["defense"], c["threat"], c["step"], c["attack"]): c["robust_accuracy"] for c in r["cells"]}
+    pairs = [(k, by[k], by[k[:4] + (strong,)]) for k in by if k[4] == weak and k[:4] + (strong,) in by]
+    if not pairs:
+        return ""
+    lower = [(w - s, k) for k, w, s in pairs if s < w]
+    higher = [k for k, w, s in pairs if s > w]
+    fused = {m["name"] for m in r["models"] if len(m["modalities"]) > 1}
+    gap, where = max(lower, default=(0.0, None))
+    text = (f"AutoAttack (fast) against PGD-20 on the same {len(pairs)} budgets: lower robust accuracy in "
+            f"{len(lower)} ({sum(k[0] in fused for _, k in lower)} of them on fused models), higher in {len(higher)}")
+    if where:
+        text += f"; the largest gap {100 * gap:.1f} points ({where[0]}, threat {where[2]}, step {where[3]})"
+    return text + "."
+
+
 def section(r: dict) -> str:
     env, stages = r["environment"], r["stages"]
     n = r["data"]["eval"]["n_effective"]
@@ -61,6 +78,8 @@ def section(r: dict) -> str:
     ]
     if first:
         lines += [f"The report's first Finding — *{first['question']}* {first['answer']}", ""]
+    if stronger := _stronger(r):
+        lines += [stronger, ""]
     lines += [
         f"On this run {checks}. Wall time per stage (s): "
         + ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in stages.items()) + ".",

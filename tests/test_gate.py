@@ -199,3 +199,17 @@ def test_weakened_model_fails_the_gate_and_an_identical_retrain_passes(example, 
     assert set(c["intervals"]) >= {"clean_accuracy", "robust_accuracy", "attack_success_rate"}
     assert "significant after Holm correction" in r["findings"][0]["answer"]
     assert "] |" in (tmp_path / "base" / "report.md").read_text()
+
+
+def test_committed_baseline_reads_its_gzipped_samples(tmp_path):
+    """Baselines keep their per-sample file gzipped (reports/baselines/<name>.samples.jsonl.gz)."""
+    import gzip
+
+    from avharness import gate
+
+    report = {"schema": "avharness/report@1", "suite": {"name": "s", "version": 1}, "cells": []}
+    (tmp_path / "base.json").write_text(json.dumps(report))
+    line = json.dumps({"cell": "m/d/a/t/0", "id": "x1", "robust": True, "clean_correct": True})
+    (tmp_path / "base.samples.jsonl.gz").write_bytes(gzip.compress((line + "\n").encode(), mtime=0))
+    run = gate.Run(tmp_path / "base.json", report)
+    assert run.samples() == {"m/d/a/t/0": {"x1": json.loads(line)}}

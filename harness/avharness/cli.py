@@ -442,6 +442,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_baseline(args) -> int:
+    import gzip
     import shutil
 
     from .store import ensure_writable
@@ -458,8 +459,9 @@ def cmd_baseline(args) -> int:
         return 1
     dest = ensure_writable(args.dir)
     shutil.copyfile(out / "report.json", dest / f"{suite.name}.json")
-    shutil.copyfile(out / "samples.jsonl", dest / f"{suite.name}.samples.jsonl")
-    print(f"baseline: wrote {dest / (suite.name + '.json')} and {dest / (suite.name + '.samples.jsonl')}; "
+    # gzip keeps a committed baseline small (samples.jsonl is ~12 MB for the quickstart); mtime 0: same bytes
+    (dest / f"{suite.name}.samples.jsonl.gz").write_bytes(gzip.compress((out / "samples.jsonl").read_bytes(), mtime=0))
+    print(f"baseline: wrote {dest / (suite.name + '.json')} and {dest / (suite.name + '.samples.jsonl.gz')}; "
           "commit both (reports/README.md says when to refresh them)")
     return 0
 

@@ -24,6 +24,7 @@ McNemar p-values where the sample ids match.
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import json
 import math
 from dataclasses import dataclass, field
@@ -57,16 +58,20 @@ class Run:
 
     def samples(self) -> dict[str, dict[str, dict]]:
         """cell id -> sample id -> the sample's record, from the per-sample file beside the report:
-        ``<name>.samples.jsonl`` for a baseline ``<name>.json``, else the run's ``samples.jsonl``."""
+        ``<name>.samples.jsonl`` (or, as committed baselines keep it, ``<name>.samples.jsonl.gz``) for a
+        baseline ``<name>.json``, else the run's ``samples.jsonl``."""
         if self._samples is None:
             path = self.path.with_suffix(".samples.jsonl")
+            if not path.exists() and path.with_suffix(".jsonl.gz").exists():
+                path = path.with_suffix(".jsonl.gz")
             if not path.exists():
                 path = self.path.parent / str(self.report.get("per_sample", "samples.jsonl"))
             if not path.exists():
                 raise UserError(f"{path}: no per-sample file beside {self.path}; a paired test needs both runs' "
                                 "samples.jsonl (copy it with the report)")
             out: dict[str, dict[str, dict]] = {}
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+            text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+            for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
