@@ -226,6 +226,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
 
 
 def build_suite(raw, path: str, overrides: list[str]) -> Suite:
+    """A validated Suite from loaded YAML: every error names the file, the line and the key path."""
     w = _Where(path)
     if raw is None:
         raise w.error("", 1, "the suite is empty; see suites/quickstart.yaml for the expected keys")
@@ -237,6 +238,20 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         if key not in TOP_KEYS:
             allowed = ", ".join(sorted(TOP_KEYS))
             raise w.error(str(key), _line(raw, key), f"unknown key{_suggest(key, TOP_KEYS)}; allowed: {allowed}")
+    get = _getter(w, raw)
+    top = _top_level(w, raw, get)
+    data = _plugin_spec(w, "dataset", get("data", dict, required=True), "data", _line(raw, "data"), named=False)
+    ev = _eval_section(w, get("eval", dict, LineDict()))
+    models, defenses, attacks, threats, metrics = _entries(w, raw, get)
+    resolved = _resolved(top, data, ev, models, defenses, attacks, threats, metrics)
+    return Suite(path, top["name"], top["version"], top["seed"], top["device"], data, ev["split"], ev["batch_size"],
+                 ev["limit"], models, defenses, attacks, threats, metrics, resolved, raw, ev["success"],
+                 ev["success_margin"], ev["threshold"], ev["reuse_sweep"], top["executor"],
+                 {k: plain(v) for k, v in top["resources"].items()}, top["precision"])
+
+
+def _getter(w: _Where, raw):
+    """``get(key, type, default, required)``: a top-level value, type-checked, with its line in errors."""
 
     def get(key, t, default=..., required=False):
         if key not in raw or raw[key] is None and default is not ...:
@@ -248,6 +263,11 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
             raise w.error(key, _line(raw, key), f"expected {_typename(t)}, got {value!r}")
         return value
 
+    return get
+
+
+def _top_level(w: _Where, raw, get) -> dict:
+    """schema, name, version, seed, description, device, executor, precision, resources."""
     schema = get("schema", str, SCHEMA)
     if schema != SCHEMA:
         raise w.error(
@@ -274,11 +294,12 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         raise w.error("precision", _line(raw, "precision"),
                       f"must be one of {', '.join(PRECISIONS)}, got {precision!r}{_suggest(precision, PRECISIONS)}")
     resources = _resources(w, get("resources", dict, LineDict()))
+    return {"name": name, "version": version, "seed": seed, "device": device, "executor": executor,
+            "precision": precision, "resources": resources}
 
-    data_raw = get("data", dict, required=True)
-    data = _plugin_spec(w, "dataset", data_raw, "data", _line(raw, "data"), named=False)
 
-    ev = get("eval", dict, LineDict())
+def _eval_section(w: _Where, ev) -> dict:
+    """The ``eval`` mapping: split, batch size, limit, success rule and its margin, threshold, reuse_sweep."""
     for key in ev:
         if key not in EVAL_KEYS:
             raise w.error(
@@ -323,6 +344,12 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
             f"must be a probability in (0, 1) above which a label counts as present, got {threshold}",
         )
 
+    return {"split": split, "batch_size": batch_size, "limit": limit, "success": success,
+            "success_margin": success_margin, "threshold": threshold, "reuse_sweep": reuse_sweep}
+
+
+def _entries(w: _Where, raw, get) -> tuple[list, list, list, list, list]:
+    """models, defenses, attacks, threats and metrics, each checked; names unique within each list."""
     models_raw = get("models", list, required=True)
     if not models_raw:
         raise w.error("models", _line(raw, "models"), "the list is empty; a suite needs at least one model, e.g. "
@@ -355,23 +382,28 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
                 f"threat name {t.name!r} is used twice; names must be unique",
             )
 
-    resolved = {
+    return models, defenses, attacks, threats, metrics
+
+
+def _resolved(top: dict, data: PluginSpec, ev: dict, models, defenses, attacks, threats, metrics) -> dict:
+    """The suite as run, defaults filled in: what the suite's sha256 (and so every report) records."""
+    return {
         "schema": SCHEMA,
-        "name": name,
-        "version": version,
-        "seed": seed,
-        "device": device,
+        "name": top["name"],
+        "version": top["version"],
+        "seed": top["seed"],
+        "device": top["device"],
         "data": data.identity(),
         "eval": {
-            "split": split,
-            "batch_size": batch_size,
-            "limit": limit,
-            "success": success,
-            "success_margin": success_margin,
-            "threshold": threshold,
-            "reuse_sweep": reuse_sweep,
+            "split": ev["split"],
+            "batch_size": ev["batch_size"],
+            "limit": ev["limit"],
+            "success": ev["success"],
+            "success_margin": ev["success_margin"],
+            "threshold": ev["threshold"],
+            "reuse_sweep": ev["reuse_sweep"],
         },
-        "precision": precision,
+        "precision": top["precision"],
         "models": [{"name": m.name, **m.identity()} for m in models],
         "defenses": [{"name": d.name, **d.identity()} for d in defenses],
         "attacks": [{"name": a.name, **a.identity()} for a in attacks],
@@ -391,31 +423,6 @@ def build_suite(raw, path: str, overrides: list[str]) -> Suite:
         ],
         "metrics": [{"name": m.name, **m.identity()} for m in metrics],
     }
-    return Suite(
-        path,
-        name,
-        version,
-        seed,
-        device,
-        data,
-        split,
-        batch_size,
-        limit,
-        models,
-        defenses,
-        attacks,
-        threats,
-        metrics,
-        resolved,
-        raw,
-        success,
-        success_margin,
-        threshold,
-        reuse_sweep,
-        executor,
-        {k: plain(v) for k, v in resources.items()},
-        precision,
-    )
 
 
 def _resources(w: _Where, res) -> dict:
