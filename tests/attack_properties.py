@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy import sample_rng
+from toy import ToyModel, sample_rng, threat
 
-from avharness import AttackOutput
+from avharness import AttackOutput, Evidence
 
 FUSED = ("audio", "video")
 # Budgets large enough that clipping to the bounds is active for some coordinates.
@@ -44,3 +44,24 @@ def check_budget(adv, batch, tm):
             assert delta.abs().max() <= budget.eps + 1e-6, f"{m}: linf {delta.abs().max()} > {budget.eps}"
         else:
             assert (delta.norm(dim=1) <= budget.eps * (1 + 1e-5)).all(), f"{m}: l2 {delta.norm(dim=1).max()} > {budget.eps}"
+
+
+def evidence(model, data, batch, adv, tm) -> Evidence:
+    with torch.no_grad():
+        return Evidence(data.task, batch.ids, batch.target, model(batch.inputs), model(adv), tm)
+
+
+def robust_accuracy(model, data, batch, adv, tm) -> float:
+    return evidence(model, data, batch, adv, tm).robust_correct.float().mean().item()
+
+
+def threat_for(data, scope, norm, scale=1.0):
+    return threat(data, **{m: (norm, EPS[norm][m] * scale) for m in SCOPES[scope]})
+
+
+class CountingModel(ToyModel):
+    calls = 0
+
+    def forward(self, inputs):
+        type(self).calls += 1
+        return super().forward(inputs)

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attack_properties import (  # noqa: F401 (one_thread: autouse fixture)
+    EPS,
+    SCOPES,
+    CountingModel,
+    evidence,
+    one_thread,
+    robust_accuracy,
+    threat_for,
+)
 from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
 
-from avharness import Attack, Evidence, NumericalError, UserError
+from avharness import Attack, NumericalError, UserError
 from avharness.success import outcome
 from avharness_plugins.attacks.apgd import build_apgd, checkpoints
 from avharness_plugins.attacks.fab import build_fab
@@ -26,41 +35,20 @@ ATTACKS = {
     "fab": lambda: build_fab(steps=5, targets=2, restarts=2),
     "square": lambda: build_square(n_queries=30),
 }
-EPS = {"linf": {"audio": 0.3, "video": 0.2}, "l2": {"audio": 3.0, "video": 2.0}}
-SCOPES = {"audio": ("audio",), "video": ("video",), "joint": ("audio", "video")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(attack, model, data, batch, tm, seed=0):
     return attack.perturb(model, batch.inputs, batch.target, tm, data.task, sample_rng(batch, seed))
 
 
-def evidence(model, data, batch, adv, tm) -> Evidence:
-    with torch.no_grad():
-        return Evidence(data.task, batch.ids, batch.target, model(batch.inputs), model(adv), tm)
 
 
-def robust_accuracy(model, data, batch, adv, tm) -> float:
-    return evidence(model, data, batch, adv, tm).robust_correct.float().mean().item()
 
 
-def threat_for(data, scope, norm, scale=1.0):
-    return threat(data, **{m: (norm, EPS[norm][m] * scale) for m in SCOPES[scope]})
 
 
-class CountingModel(ToyModel):
-    calls = 0
-
-    def forward(self, inputs):
-        type(self).calls += 1
-        return super().forward(inputs)
 
 
 # --- parameters ------------------------------------------------------------------------------

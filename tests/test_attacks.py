@@ -10,34 +10,32 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attack_properties import EPS, FUSED, SCOPES, check_budget, one_thread, run  # noqa: F401 (one_thread: autouse fixture)
+from attack_properties import (  # noqa: F401 (one_thread: autouse fixture)
+    EPS,
+    FUSED,
+    SCOPES,
+    CountingModel,
+    check_budget,
+    evidence,
+    one_thread,
+    robust_accuracy,
+    run,
+    threat_for,
+)
 from toy import ToyModel, sample_rng, test_batch, threat, toy_data, trained
 
-from avharness import Attack, Evidence, NumericalError, SampleRNG, UserError
+from avharness import Attack, NumericalError, SampleRNG, UserError
 from avharness_plugins.attacks.pgd import build_fgsm, build_pgd, register_attacks
 
 ATTACKS = {"fgsm": build_fgsm, "pgd": lambda: build_pgd(steps=5)}
 
 
-def evidence(model, data, batch, adv, tm) -> Evidence:
-    with torch.no_grad():
-        return Evidence(data.task, batch.ids, batch.target, model(batch.inputs), model(adv), tm)
 
 
-def robust_accuracy(model, data, batch, adv, tm) -> float:
-    return evidence(model, data, batch, adv, tm).robust_correct.float().mean().item()
 
 
-def threat_for(data, scope, norm, scale=1.0):
-    return threat(data, **{m: (norm, EPS[norm][m] * scale) for m in SCOPES[scope]})
 
 
-class CountingModel(ToyModel):
-    calls = 0
-
-    def forward(self, inputs):
-        type(self).calls += 1
-        return super().forward(inputs)
 
 
 # --- factories and registration -------------------------------------------------------------
