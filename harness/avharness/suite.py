@@ -538,81 +538,58 @@ def _threats(w: _Where, items) -> list[ThreatSpec]:
                 f"expected a mapping like {{name: audio-linf, audio: {{norm: linf, eps: [0, 0.1]}}}}, got {item!r}",
             )
         if "name" not in item or not isinstance(item["name"], str):
-            raise w.error(
-                where, getattr(item, "line", line), "missing required key 'name' (a string)"
-            )
+            raise w.error(where, getattr(item, "line", line), "missing required key 'name' (a string)")
         norms, eps = {}, {}
         for modality, budget in item.items():
-            if modality == "name":
-                continue
-            mwhere = f"{where}.{modality}"
-            mline = _line(item, modality)
-            if not isinstance(budget, dict):
-                raise w.error(
-                    mwhere,
-                    mline,
-                    f"expected a mapping {{norm: linf|l2, eps: number or list}}, got {budget!r}",
-                )
-            for key in budget:
-                if key not in ("norm", "eps"):
-                    raise w.error(
-                        f"{mwhere}.{key}",
-                        _line(budget, key),
-                        f"unknown key{_suggest(key, ('norm', 'eps'))}; allowed: norm, eps",
-                    )
-            norm = budget.get("norm")
-            if norm not in NORMS:
-                raise w.error(
-                    f"{mwhere}.norm",
-                    _line(budget, "norm"),
-                    f"must be one of {', '.join(NORMS)}, got {norm!r}",
-                )
-            if norm == "none":  # unbounded (corruptions): only the valid range holds
-                if "eps" in budget:
-                    raise w.error(
-                        f"{mwhere}.eps",
-                        _line(budget, "eps"),
-                        "norm none is unbounded and takes no eps; remove it",
-                    )
-                norms[modality], eps[modality] = norm, [math.inf]
-                continue
-            if "eps" not in budget:
-                raise w.error(
-                    mwhere, mline, "missing required key 'eps' (a number or a list of numbers)"
-                )
-            values = budget["eps"]
-            values = list(values) if isinstance(values, list) else [values]
-            if not values:
-                raise w.error(f"{mwhere}.eps", _line(budget, "eps"), "the eps list is empty")
-            for v in values:
-                if not _is(v, float) or not math.isfinite(v):
-                    raise w.error(
-                        f"{mwhere}.eps", _line(budget, "eps"), f"expected a number, got {v!r}"
-                    )
-                if v < 0:
-                    raise w.error(
-                        f"{mwhere}.eps", _line(budget, "eps"), f"eps must be >= 0, got {v}"
-                    )
-            norms[modality] = norm
-            eps[modality] = [float(v) for v in values]
+            if modality != "name":
+                norms[modality], eps[modality] = _budget(w, f"{where}.{modality}", _line(item, modality), budget)
         if not norms:
-            raise w.error(
-                where,
-                getattr(item, "line", line),
-                "names no modality; add e.g. audio: {norm: linf, eps: [0.1]}",
-            )
-        steps = max(len(v) for v in eps.values())
-        for m, v in eps.items():
-            if len(v) == 1:
-                eps[m] = v * steps
-            elif len(v) != steps:
-                raise w.error(
-                    f"{where}.{m}.eps",
-                    _line(item[m], "eps"),
-                    f"has {len(v)} values but another modality of this threat has {steps}; "
-                    "joint sweeps step all modalities together, so give lists of equal length (or one value)",
-                )
-        out.append(
-            ThreatSpec(item["name"], norms, eps, where, dict(getattr(item, "key_lines", {})))
-        )
+            raise w.error(where, getattr(item, "line", line), "names no modality; add e.g. audio: {norm: linf, eps: [0.1]}")
+        out.append(ThreatSpec(item["name"], norms, _align_steps(w, where, item, eps), where,
+                              dict(getattr(item, "key_lines", {}))))
     return out
+
+
+def _budget(w: _Where, mwhere: str, mline, budget) -> tuple[str, list[float]]:
+    """One modality's ``{norm, eps}``: (norm, eps values); an unbounded norm has eps [inf]."""
+    if not isinstance(budget, dict):
+        raise w.error(mwhere, mline, f"expected a mapping {{norm: linf|l2, eps: number or list}}, got {budget!r}")
+    for key in budget:
+        if key not in ("norm", "eps"):
+            raise w.error(f"{mwhere}.{key}", _line(budget, key),
+                          f"unknown key{_suggest(key, ('norm', 'eps'))}; allowed: norm, eps")
+    norm = budget.get("norm")
+    if norm not in NORMS:
+        raise w.error(f"{mwhere}.norm", _line(budget, "norm"), f"must be one of {', '.join(NORMS)}, got {norm!r}")
+    if norm == "none":  # unbounded (corruptions): only the valid range holds
+        if "eps" in budget:
+            raise w.error(f"{mwhere}.eps", _line(budget, "eps"), "norm none is unbounded and takes no eps; remove it")
+        return norm, [math.inf]
+    if "eps" not in budget:
+        raise w.error(mwhere, mline, "missing required key 'eps' (a number or a list of numbers)")
+    values = budget["eps"]
+    values = list(values) if isinstance(values, list) else [values]
+    if not values:
+        raise w.error(f"{mwhere}.eps", _line(budget, "eps"), "the eps list is empty")
+    for v in values:
+        if not _is(v, float) or not math.isfinite(v):
+            raise w.error(f"{mwhere}.eps", _line(budget, "eps"), f"expected a number, got {v!r}")
+        if v < 0:
+            raise w.error(f"{mwhere}.eps", _line(budget, "eps"), f"eps must be >= 0, got {v}")
+    return norm, [float(v) for v in values]
+
+
+def _align_steps(w: _Where, where: str, item, eps: dict) -> dict:
+    """A joint sweep steps every modality together: single values repeat, other lengths must agree."""
+    steps = max(len(v) for v in eps.values())
+    for m, v in eps.items():
+        if len(v) == 1:
+            eps[m] = v * steps
+        elif len(v) != steps:
+            raise w.error(
+                f"{where}.{m}.eps",
+                _line(item[m], "eps"),
+                f"has {len(v)} values but another modality of this threat has {steps}; "
+                "joint sweeps step all modalities together, so give lists of equal length (or one value)",
+            )
+    return eps

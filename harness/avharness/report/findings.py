@@ -96,9 +96,16 @@ def findings(cells: list[dict], models: list[dict], predictions: list[dict], hea
     models = {(m["name"], m["defense"]): m for m in models}
     label, key = measure(cells, headline)
     worst = [c for c in _worst(cells, key).values() if _attacked(c)]
-    out = []
+    mean = defaultdict(list)  # (model, defense) -> its score in each attacked (threat, budget)
+    for c in worst:
+        mean[(c["model"], c["defense"])].append(_score(c, key))
+    return (_fused_vs_unimodal(worst, models, label, key) + _latent_predictors(predictions)
+            + _fusion_ranking(mean, models, label) + _defenses(worst, mean, models, label, key))
 
-    # 1. fused vs uni-modal, at matched attacker power
+
+def _fused_vs_unimodal(worst, models, label, key):
+    """1. Fused vs uni-modal, at matched attacker power."""
+    out = []
     rows = []
     for f in worst:
         fm = models[(f["model"], f["defense"])]
@@ -135,7 +142,12 @@ def findings(cells: list[dict], models: list[dict], predictions: list[dict], hea
                     "answer": "No evidence in this run: it needs uni-modal and fused models attacked with matching budgets.",
                     "rows": []})
 
-    # 2. latent metrics as predictors
+    return out
+
+
+def _latent_predictors(predictions):
+    """2. Latent metrics as predictors of the per-class robustness drop."""
+    out = []
     preds = [p for p in predictions if p["spearman_rho"] is not None
              and p["spearman_rho"] == p["spearman_rho"]]
     if preds:
@@ -152,10 +164,12 @@ def findings(cells: list[dict], models: list[dict], predictions: list[dict], hea
         out.append({"question": "Do latent-space metrics predict robustness?",
                     "answer": "No evidence in this run: add the convexity or density metric.", "rows": []})
 
-    # 3 and 4: fused models ranked; defenses compared
-    mean = defaultdict(list)
-    for c in worst:
-        mean[(c["model"], c["defense"])].append(_score(c, key))
+    return out
+
+
+def _fusion_ranking(mean, models, label):
+    """3. The fused models ranked by their mean score."""
+    out = []
     fused = sorted({k for k in mean if len(models[k]["modalities"]) > 1}, key=lambda k: -sum(mean[k]) / len(mean[k]))
     if len(fused) > 1:
         ranked = [{"model": k[0], "defense": k[1], "mean_robust": sum(mean[k]) / len(mean[k]), "cells": len(mean[k])}
@@ -165,6 +179,12 @@ def findings(cells: list[dict], models: list[dict], predictions: list[dict], hea
                     "answer": f"Mean {label} over each fused model's attacked cells (worst attack per budget; "
                               f"the models face the same threats only if the suite gives them the same ones): {head}.",
                     "rows": ranked})
+    return out
+
+
+def _defenses(worst, mean, models, label, key):
+    """4. Each defense's robustness against its training cost, and paired against the first defense."""
+    out = []
     defenses = sorted({d for _, d in mean})
     if len(defenses) > 1:
         rows = []
