@@ -50,6 +50,8 @@ def _global_flags(p: argparse.ArgumentParser, default=None) -> argparse.Argument
 _COMMON = _global_flags(argparse.ArgumentParser(add_help=False))
 
 
+# Long on purpose: a flat, declarative table of every command and flag, read top to bottom as the
+# CLI's reference; split per command it would scatter what `avharness --help` shows in one place.
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="avharness", description="Adversarial robustness of audio, video and audio-visual models.")
     _global_flags(p, default=True)

@@ -215,6 +215,10 @@ class RayExecutor:
             if started_here:
                 ray.shutdown()
 
+    # Long on purpose: the driver's event loop (submit the units, chain each unit's cells on its
+    # checkpoint, write every result into the store as ray.wait returns it, cancel on Ctrl-C) shares
+    # its bookkeeping (pending refs, what was stored before) across every step; split, that state
+    # would have to become an object of its own for one caller.
     def _run(self, ray, plan: Plan, started: float):
         from .executor import RunResult, _model_metrics, train_or_load
 

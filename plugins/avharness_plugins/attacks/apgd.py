@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from avharness import AttackOutput, NumericalError, SampleRNG, UserError
+from avharness import AttackOutput, AttackStats, NumericalError, SampleRNG, UserError
 
 from .goals import LOSSES, Goal, check_finite, check_goal, check_int
 from .pgd import _direction, _l2, _per_sample
@@ -136,9 +136,12 @@ class APGD:
         late = at_end - at_mark
         rising = unbroken & (total > 1e-6) & (late > 0.1 * total)
         stats = {"forward_samples": float(batch) + passes, "backward_samples": passes,
-                 "unbroken_loss_rising_at_end": float(rising.sum()), "unbroken_at_end": float(unbroken.sum())}
+                 AttackStats.UNBROKEN_RISING_AT_END: float(rising.sum()), AttackStats.UNBROKEN_AT_END: float(unbroken.sum())}
         return AttackOutput(out, stats)
 
+    # Long on purpose: one APGD run is Algorithm 1 of Croce & Hein (2020) kept in one piece, so it reads
+    # against the paper; its per-sample state (step sizes, momentum point, checkpoint counters, best
+    # point) would otherwise travel through half a dozen helpers' arguments.
     def _run(self, model, inputs, idx, x, budgets, goal, t, rng, restart):
         """One APGD run on a sub-batch; returns (best point, its loss, a broken point, broken?, stats)."""
         attacked = list(budgets)
