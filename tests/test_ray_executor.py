@@ -7,10 +7,10 @@ import sys
 
 import pytest
 from conftest import make_dist
+from report_diff import compare
 from test_cli import GOOD, write
 
 from avharness.cli import main
-from avharness.compare import compare
 
 pytest.importorskip("ray")
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from report_diff import compare
 from test_cli import GOOD, write
 
 import avharness
 from avharness.cli import main
-from avharness.compare import compare
 
 
 def run(tmp_path, out, *extra, suite=GOOD):
