@@ -36,6 +36,7 @@ matplotlib.use("Agg")  # before anything imports pyplot; the report never opens 
 
 import matplotlib as mpl  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
@@ -237,6 +238,50 @@ def _class_names(report: dict) -> list[str]:
     return [str(x) for x in report["data"]["task"]["classes"]]
 
 
+def _ap_drop_grid(cells: list[dict], columns: list[tuple], n_classes: int) -> tuple[dict, dict[int, float]]:
+    """Per column, each class's AP drop, worst (largest) over attacks, from the tagging metric's per-class
+    details; and each class's worst drop over the columns (how affected it is)."""
+    grid: dict[tuple, dict[int, float]] = {}
+    for c in cells:
+        per = list(c["details"]["tagging"]["per_class"].values())
+        col = grid.setdefault((c["threat"], c["step"]), {})
+        for i, x in enumerate(per):
+            v = x.get("ap_delta")
+            if v is not None and v == v:
+                col[i] = max(col.get(i, v), v)
+    affected = {i: max(grid[k].get(i, 0.0) for k in columns) for i in range(n_classes)
+                if any(i in grid[k] for k in columns)}
+    return grid, affected
+
+
+def _robust_grid(cells: list[dict], columns: list[tuple], samples: dict, n_classes: int
+                 ) -> tuple[dict, dict[int, float]]:
+    """Per column, each class's robust accuracy (a sample counts as robust when it is robust under every
+    attack); and each class's largest drop from its clean accuracy over the columns."""
+    grid: dict[tuple, dict[int, float]] = {}
+    clean_ok: dict[int, dict[str, bool]] = {}  # class -> sample id -> clean correct (the same in every cell)
+    for ts in columns:
+        robust_all: dict[str, bool] = {}
+        targets: dict[str, list[int]] = {}
+        for c in cells:
+            if (c["threat"], c["step"]) != ts:
+                continue
+            for x in samples.get(c["id"], []):
+                robust_all[x["id"]] = robust_all.get(x["id"], True) and bool(x["robust"])
+                targets[x["id"]] = x["target"] if isinstance(x["target"], list) else [x["target"]]
+                for k in targets[x["id"]]:
+                    clean_ok.setdefault(k, {})[x["id"]] = bool(x["clean_correct"])
+        per: dict[int, list[bool]] = {}
+        for sid, ok in robust_all.items():
+            for k in targets[sid]:
+                per.setdefault(k, []).append(ok)
+        grid[ts] = {k: sum(v) / len(v) for k, v in per.items()}
+    clean = {k: sum(v.values()) / len(v) for k, v in clean_ok.items()}
+    affected = {i: clean.get(i, 0.0) - min(grid[k].get(i, clean.get(i, 0.0)) for k in columns)
+                for i in range(n_classes) if any(i in grid[k] for k in columns)}
+    return grid, affected
+
+
 def _heatmap_figure(report: dict, model: str, defense: str, samples: dict) -> Figure:
     cells = [c for c in report["cells"] if (c["model"], c["defense"]) == (model, defense)]
     classes = _class_names(report)
@@ -244,41 +289,12 @@ def _heatmap_figure(report: dict, model: str, defense: str, samples: dict) -> Fi
     columns.sort(key=lambda ts: ([c["threat"] for c in cells].index(ts[0]), ts[1]))
     ap = report["data"]["task"]["kind"] == "multilabel" and all(
         ((c.get("details") or {}).get("tagging") or {}).get("per_class") for c in cells)
-    grid: dict[tuple, dict[int, float]] = {}
     if ap:
-        # AP drop per class, worst (largest) over attacks, from the tagging metric's per-class details
-        for c in cells:
-            per = list(c["details"]["tagging"]["per_class"].values())
-            col = grid.setdefault((c["threat"], c["step"]), {})
-            for i, x in enumerate(per):
-                v = x.get("ap_delta")
-                if v is not None and v == v:
-                    col[i] = max(col.get(i, v), v)
+        grid, affected = _ap_drop_grid(cells, columns, len(classes))
         what, cmap, vmin, vmax, scale = "AP drop (clean − robust AP)", "Reds", 0.0, None, 1.0
-        affected = {i: max(grid[k].get(i, 0.0) for k in columns) for i in range(len(classes))
-                    if any(i in grid[k] for k in columns)}
     else:
-        clean_ok: dict[int, dict[str, bool]] = {}  # class -> sample id -> clean correct (the same in every cell)
-        for ts in columns:
-            robust_all: dict[str, bool] = {}
-            targets: dict[str, list[int]] = {}
-            for c in cells:
-                if (c["threat"], c["step"]) != ts:
-                    continue
-                for x in samples.get(c["id"], []):
-                    robust_all[x["id"]] = robust_all.get(x["id"], True) and bool(x["robust"])
-                    targets[x["id"]] = x["target"] if isinstance(x["target"], list) else [x["target"]]
-                    for k in targets[x["id"]]:
-                        clean_ok.setdefault(k, {})[x["id"]] = bool(x["clean_correct"])
-            per: dict[int, list[bool]] = {}
-            for sid, ok in robust_all.items():
-                for k in targets[sid]:
-                    per.setdefault(k, []).append(ok)
-            grid[ts] = {k: sum(v) / len(v) for k, v in per.items()}
+        grid, affected = _robust_grid(cells, columns, samples, len(classes))
         what, cmap, vmin, vmax, scale = "robust accuracy (%)", "RdYlGn", 0.0, 100.0, 100.0
-        clean = {k: sum(v.values()) / len(v) for k, v in clean_ok.items()}
-        affected = {i: clean.get(i, 0.0) - min(grid[k].get(i, clean.get(i, 0.0)) for k in columns)
-                    for i in range(len(classes)) if any(i in grid[k] for k in columns)}
     rows = sorted(affected, key=lambda i: (-affected[i], i))[:TOP_CLASSES] if len(affected) > TOP_CLASSES \
         else sorted(affected)
     data = np.full((len(rows), len(columns)), np.nan)
@@ -292,15 +308,7 @@ def _heatmap_figure(report: dict, model: str, defense: str, samples: dict) -> Fi
     im = ax.imshow(data, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([classes[i] if i < len(classes) else str(i) for i in rows], fontsize=7)
-    by = {}
-    for c in cells:
-        by.setdefault((c["threat"], c["step"]), c)
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels([f"{t}\n" + "\n".join("∞" if by[(t, s)]["eps"][m] is None else f"{by[(t, s)]['eps'][m]:g}"
-                                             for m in sorted(by[(t, s)]["eps"])) for t, s in columns], fontsize=6)
-    ax.set_xlabel("threat and ε per modality (" + ", ".join(f"{m}: {_units(report, m)}"
-                                                            for m in sorted({m for c in cells for m in c["eps"]})) + ")",
-                  fontsize=7)
+    _heatmap_columns(ax, report, cells, columns)
     if data.size and data.size <= 240:
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
@@ -311,6 +319,19 @@ def _heatmap_figure(report: dict, model: str, defense: str, samples: dict) -> Fi
     shown = f"the {len(rows)} most affected of {len(affected)} classes" if len(affected) > len(rows) else "every class"
     fig.suptitle(f"{model} ({defense}): {what} by class\nworst case over attacks; {shown}", fontsize=9)
     return fig
+
+
+def _heatmap_columns(ax: Axes, report: dict, cells: list[dict], columns: list[tuple]) -> None:
+    """One column label per (threat, step): the threat's name over each modality's ε."""
+    by = {}
+    for c in cells:
+        by.setdefault((c["threat"], c["step"]), c)
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels([f"{t}\n" + "\n".join("∞" if by[(t, s)]["eps"][m] is None else f"{by[(t, s)]['eps'][m]:g}"
+                                             for m in sorted(by[(t, s)]["eps"])) for t, s in columns], fontsize=6)
+    ax.set_xlabel("threat and ε per modality (" + ", ".join(f"{m}: {_units(report, m)}"
+                                                            for m in sorted({m for c in cells for m in c["eps"]})) + ")",
+                  fontsize=7)
 
 
 def _latent_figure(report: dict, model: str, defense: str, samples: dict) -> Figure:
