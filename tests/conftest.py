@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import sys
 import textwrap
 from pathlib import Path
 
@@ -43,15 +44,26 @@ def example_site(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def with_site(monkeypatch):
-    """Put site folders on sys.path for this test and reload the registry around it."""
+    """Put site folders on sys.path for this test and reload the registry around it.
+
+    Modules imported from those folders leave ``sys.modules`` after the test: two tests may install
+    different code under the same module name (e.g. ``mylab_attacks``), and the second must not get
+    the first one's module from the import cache.
+    """
+    added: list[Path] = []
 
     def add(*sites: Path):
         for s in sites:
             monkeypatch.syspath_prepend(str(s))
+            added.append(Path(s).resolve())
         importlib.invalidate_caches()
         set_registry(None)
 
     yield add
+    for name, mod in list(sys.modules.items()):
+        file = getattr(mod, "__file__", None)
+        if file and any(Path(file).resolve().is_relative_to(s) for s in added):
+            del sys.modules[name]
     set_registry(None)
 
 

@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pluggy
 
@@ -273,10 +275,19 @@ def load_registry(blocked: tuple[str, ...] = (), extra_modules: tuple[str, ...] 
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    blocked = tuple(blocked) + disabled_from_env()
-    sources: dict[str, Loaded] = {}  # pluggy plugin name -> where it came from
+    candidates = _candidates(registry, tuple(blocked) + disabled_from_env(), extra_modules)
+    sources = _load_plugins(pm, registry, candidates)
+    _collect_registrations(pm, registry, sources)
+    return registry
 
-    candidates = []
+
+# (entry point name, distribution, version, load(), distribution object, module name)
+_Candidate = tuple[str, str, str, Callable[[], Any], Any, str]
+
+
+def _candidates(registry: Registry, blocked: tuple[str, ...], extra_modules: tuple[str, ...]) -> list[_Candidate]:
+    """The entry points to import, in a stable order; blocked distributions are noted in the registry."""
+    candidates: list[_Candidate] = []
     for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name)):
         dist = ep.dist.name if ep.dist else "?"
         if _autoload_disabled() and dist != BUILTIN_DIST:
@@ -288,7 +299,12 @@ def load_registry(blocked: tuple[str, ...] = (), extra_modules: tuple[str, ...] 
         candidates.append((ep.name, dist, ep.dist.version if ep.dist else "?", ep.load, ep.dist, ep.value.split(":")[0]))
     for modname in extra_modules:
         candidates.append((modname, "module", "", lambda m=modname: importlib.import_module(m), None, modname))
+    return candidates
 
+
+def _load_plugins(pm: pluggy.PluginManager, registry: Registry, candidates: list[_Candidate]) -> dict[str, Loaded]:
+    """Import and register each candidate; returns pluggy plugin name -> where it came from."""
+    sources: dict[str, Loaded] = {}
     for ep_name, dist, version, load, dist_obj, modname in candidates:
         label = f"plugin {ep_name!r} of {dist} {version}".rstrip()
         try:
@@ -309,7 +325,11 @@ def load_registry(blocked: tuple[str, ...] = (), extra_modules: tuple[str, ...] 
         registry.loaded.append((ep_name, dist, version))
         log.debug("loaded plugin %r of %s %s from %s%s", ep_name, dist, version, getattr(module, "__file__", "?"),
                   " (editable: source-hashed)" if src.editable else "")
+    return sources
 
+
+def _collect_registrations(pm: pluggy.PluginManager, registry: Registry, sources: dict[str, Loaded]) -> None:
+    """Call every register_* hook; a bad registration or a raising hook is a failure, not a crash."""
     for kind, hook in HOOKS.items():
         caller = getattr(pm.hook, hook)
         for impl in caller.get_hookimpls():
@@ -333,7 +353,6 @@ def load_registry(blocked: tuple[str, ...] = (), extra_modules: tuple[str, ...] 
                 bad.append(f"{hook} raised {type(exc).__name__}: {_one_line(exc)}")
             for problem in bad:
                 registry.failures.append((src.entry_point, src.dist, f"{hook}: {problem}"))
-    return registry
 
 
 _REGISTRY: Registry | None = None
