@@ -248,6 +248,30 @@ def check(report: Run, baseline: Run, tolerances: Tolerances | None = None, *, t
     paired change under ``test``), ``undefined`` (defined in the baseline, not in the report).
     """
     tolerances = tolerances or Tolerances()
+    _refuse_incomparable(report, baseline, test, alpha)
+    ours = {cell_match_key(c): c for c in report.report["cells"]}
+    theirs = {cell_match_key(c): c for c in baseline.report["cells"]}
+    notes = provenance_notes(report, baseline)
+    notes += [f"cell only in the baseline (not checked): {cell_label(theirs[k])}" for k in theirs if k not in ours]
+    notes += [f"cell only in this report (not checked): {cell_label(ours[k])}" for k in ours if k not in theirs]
+    rows = _rows(report, baseline, ours, theirs, tolerances, notes)
+    # paired tests first (Holm over all of them), then every row's status
+    if test == "mcnemar":
+        _paired_tests(report, baseline, rows, alpha)
+    for row in rows:
+        row.pop("_cells")
+        row["status"] = _status(row, two_sided, test, alpha)
+    failing = {"regression", "moved", "undefined"}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("regression", "moved", "undefined", "noise",
+                                                                  "improvement", "same")}
+    return {"report": report.label, "baseline": baseline.label, "two_sided": two_sided, "test": test,
+            "alpha": alpha if test else None, "tolerance": {"default": tolerances.default, **dict(tolerances.per_value)},
+            "cells": len(set(ours) & set(theirs)), "values": len(rows), "counts": counts,
+            "failed": any(r["status"] in failing for r in rows), "notes": notes, "rows": rows}
+
+
+def _refuse_incomparable(report: Run, baseline: Run, test: str | None, alpha: float) -> None:
+    """Wrong options, another suite or version, or other samples: one line each, before any comparison."""
     if test not in (None, "mcnemar"):
         raise UserError(f"--test {test!r}: the only test is mcnemar")
     if not 0 < alpha < 1:
@@ -257,14 +281,11 @@ def check(report: Run, baseline: Run, tolerances: Tolerances | None = None, *, t
         raise UserError(f"{report.label} is suite {rs['name']!r} v{rs['version']} but the baseline is "
                         f"{bs['name']!r} v{bs['version']}: not comparable (refresh the baseline after a suite change)")
     refuse_other_samples(report, baseline)
-    ours = {cell_match_key(c): c for c in report.report["cells"]}
-    theirs = {cell_match_key(c): c for c in baseline.report["cells"]}
-    notes = provenance_notes(report, baseline)
-    only_base = [cell_label(theirs[k]) for k in theirs if k not in ours]
-    only_report = [cell_label(ours[k]) for k in ours if k not in theirs]
-    notes += [f"cell only in the baseline (not checked): {x}" for x in only_base]
-    notes += [f"cell only in this report (not checked): {x}" for x in only_report]
 
+
+def _rows(report: Run, baseline: Run, ours: dict, theirs: dict, tolerances: Tolerances, notes: list[str]
+          ) -> list[dict]:
+    """One row per (cell, value) in both runs; values in only one of them become notes."""
     rows = []
     names: set[str] = set()
     for k in [k for k in theirs if k in ours]:
@@ -277,38 +298,30 @@ def check(report: Run, baseline: Run, tolerances: Tolerances | None = None, *, t
             x, hib, ci = a[name]
             y, hib_b, ci_b = b[name]
             hib = hib if hib is not None else hib_b
-            row = {"cell": cell_label(ours[k]), "value": name, "baseline": y, "report": x, "baseline_ci": ci_b,
-                   "report_ci": ci, "higher_is_better": hib, "tolerance": tolerances.of(name),
-                   "delta": None if x is None or y is None else x - y, "p_value": None, "test": None,
-                   "_cells": (ours[k], theirs[k])}
-            rows.append(row)
+            rows.append({"cell": cell_label(ours[k]), "value": name, "baseline": y, "report": x, "baseline_ci": ci_b,
+                         "report_ci": ci, "higher_is_better": hib, "tolerance": tolerances.of(name),
+                         "delta": None if x is None or y is None else x - y, "p_value": None, "test": None,
+                         "_cells": (ours[k], theirs[k])})
         for name in a:
             if name not in b:
                 notes.append(f"{cell_label(ours[k])}: {name} is in this report only (not checked)")
     tolerances.check_known(names)
+    return rows
 
-    # paired tests first (Holm over all of them), then every row's status
-    if test == "mcnemar":
-        for row in rows:
-            if row["value"] in CORE and row["delta"] is not None and _status(row, True, None, alpha) != "same":
-                flags = _paired_flags(report, baseline, *row["_cells"], CORE[row["value"]])
-                if flags is None:
-                    raise UserError(f"{row['cell']}: the two runs' samples.jsonl do not hold the same samples for this "
-                                    "cell; a paired test needs them")
-                row["test"] = "exact McNemar"
-                row["p_value"] = mcnemar_exact(*flags)["p_value"]
-        for row, q in zip(rows, holm([r["p_value"] for r in rows])):
-            row["p_holm"] = q
+
+def _paired_tests(report: Run, baseline: Run, rows: list[dict], alpha: float) -> None:
+    """An exact McNemar test on the per-sample flags of every core value that moved beyond its tolerance,
+    then Holm's correction over all of them (``p_holm``)."""
     for row in rows:
-        row.pop("_cells")
-        row["status"] = _status(row, two_sided, test, alpha)
-    failing = {"regression", "moved", "undefined"}
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("regression", "moved", "undefined", "noise",
-                                                                  "improvement", "same")}
-    return {"report": report.label, "baseline": baseline.label, "two_sided": two_sided, "test": test,
-            "alpha": alpha if test else None, "tolerance": {"default": tolerances.default, **dict(tolerances.per_value)},
-            "cells": len(set(ours) & set(theirs)), "values": len(rows), "counts": counts,
-            "failed": any(r["status"] in failing for r in rows), "notes": notes, "rows": rows}
+        if row["value"] in CORE and row["delta"] is not None and _status(row, True, None, alpha) != "same":
+            flags = _paired_flags(report, baseline, *row["_cells"], CORE[row["value"]])
+            if flags is None:
+                raise UserError(f"{row['cell']}: the two runs' samples.jsonl do not hold the same samples for this "
+                                "cell; a paired test needs them")
+            row["test"] = "exact McNemar"
+            row["p_value"] = mcnemar_exact(*flags)["p_value"]
+    for row, q in zip(rows, holm([r["p_value"] for r in rows])):
+        row["p_holm"] = q
 
 
 def _status(row: dict, two_sided: bool, test: str | None, alpha: float) -> str:

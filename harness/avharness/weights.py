@@ -145,10 +145,31 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:SHOW]) + more
 
 
-def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, strict: bool = True) -> dict:
+def load_weights(model: nn.Module, path: str | Path, key_map: dict[str, str] | None = None, strict: bool = True) -> dict:
     """Load a state dict saved by other code into ``model`` (see the module docstring)."""
     path = Path(path)
     rules = check_key_map(key_map)
+    obj, sha256 = _read_checkpoint(path)
+    target = model.state_dict()
+    state = _unwrap(obj, path)
+    state = _strip_data_parallel(state, set(target))
+    state, dropped = _apply_key_map(state, rules, path)
+    missing, unexpected = _check_fit(model, target, state, strict, path)
+    model.load_state_dict(state, strict=False)
+    return {
+        "path": str(path),
+        "sha256": sha256,
+        "key_map": dict(key_map) if key_map is not None else None,
+        "missing": missing,
+        "unexpected": unexpected,
+        "dropped": dropped,
+        "loaded": len(state) - len(unexpected),
+    }
+
+
+def _read_checkpoint(path: Path) -> tuple[object, str]:
+    """The unpickled contents (tensors and plain containers only) and the sha256 of the file's bytes;
+    every way of failing is one line that says what to do."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -183,12 +204,12 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
                             "directory is missing): cut short while saving or copying? copy or save it again") from None
         raise UserError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]}); "
                         "is the file complete and written by torch.save?") from None
+    return obj, sha256
 
-    target = model.state_dict()
-    state = _unwrap(obj, path)
-    state = _strip_data_parallel(state, set(target))
-    state, dropped = _apply_key_map(state, rules, path)
 
+def _check_fit(model: nn.Module, target: dict, state: dict, strict: bool, path: Path) -> tuple[list[str], list[str]]:
+    """The missing and unexpected keys of ``state`` against the model's own ``target``; a shape mismatch, or
+    (when strict) any missing or unexpected key, is one line listing them."""
     missing = [k for k in target if k not in state]
     unexpected = [k for k in state if k not in target]
     mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(target[k].shape)})"
@@ -206,13 +227,4 @@ def load_weights(model: nn.Module, path, key_map: dict[str, str] | None = None, 
             "key_map={'old.prefix.': 'new.prefix.'} (map a prefix to null to drop those keys, e.g. a classifier "
             "for other classes); `avharness model init SUITE -o DIR` writes this model's own keys for comparison"
         )
-    model.load_state_dict(state, strict=False)
-    return {
-        "path": str(path),
-        "sha256": sha256,
-        "key_map": dict(key_map) if key_map is not None else None,
-        "missing": missing,
-        "unexpected": unexpected,
-        "dropped": dropped,
-        "loaded": len(state) - len(unexpected),
-    }
+    return missing, unexpected
