@@ -16,9 +16,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: the figure kinds ``Report.plot`` draws (see ``report/plots.py``)
 PLOT_KINDS = ("overview", "curve", "heatmap", "latent", "defense_cost")
@@ -118,7 +121,7 @@ class Report:
                 row[f"norm_{m}"], row[f"eps_{m}"] = None, float("nan")
         return row
 
-    def cells(self):
+    def cells(self) -> pd.DataFrame:
         """One row per cell (pandas DataFrame): names, step, per-modality ``norm_<m>`` / ``eps_<m>`` (inf:
         unbounded, NaN: the threat leaves that modality alone), n, clean and robust accuracy (with
         ``<value>_ci_low`` / ``_ci_high`` where the report has intervals), then every metric, wall_s, reused.
@@ -167,7 +170,7 @@ class Report:
             self._samples = read_samples(self.path / self.json.get("per_sample", "samples.jsonl"))
         return self._samples
 
-    def samples(self):
+    def samples(self) -> pd.DataFrame:
         """One row per (cell, sample) (pandas DataFrame): the cell's columns as in ``cells()`` (names, step,
         eps), then ``sample`` (its id), target, clean_pred, adv_pred (class indices; lists for multi-label),
         clean_correct, robust, success (nullable: no success rule applies to a sample wrong when clean)."""
@@ -194,7 +197,7 @@ class Report:
 
         return plan_plots(self.json)
 
-    def plot(self, kind: str = "curve", **select) -> list:
+    def plot(self, kind: str = "curve", **select: Any) -> list:
         """Draw the report's figures of one kind as matplotlib figures, those whose attributes match
         ``select``: ``curve`` (threat=, attack=, worst=True, metric="robust_accuracy" by default, or
         "robust_map" / "robust_dprime"), ``heatmap`` and ``latent`` (model=, defense=), ``overview``,

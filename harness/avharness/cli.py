@@ -16,8 +16,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import PluginError, UserError
+
+if TYPE_CHECKING:
+    from .suite import Suite
 
 EXIT_USER = 2
 EXIT_PLUGIN = 3
@@ -181,7 +185,7 @@ def _lock(out: Path, args, reporter_log=None):
                        command="avharness " + " ".join(sys.argv[1:])[:300])
 
 
-def default_output(suite) -> Path:
+def default_output(suite: Suite) -> Path:
     """reports/<sanitised suite name>: never outside reports/, whatever the name holds."""
     from .suite import output_name
 
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from .executor import compile_for, execute_plan
     from .progress import Reporter
     from .report import write_report
@@ -292,7 +296,7 @@ def cmd_run(args) -> int:
     return 1 if failed and args.strict else 0
 
 
-def cmd_validate(args) -> int:
+def cmd_validate(args: argparse.Namespace) -> int:
     """Compile the plan, as a run would, without training or attacking anything."""
     from .plan import compile_plan
     from .plugins import get_registry
@@ -311,7 +315,7 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def cmd_list(args) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -331,7 +335,7 @@ def cmd_list(args) -> int:
     return 0  # plugins that failed to load were already reported on stderr by get_registry
 
 
-def cmd_plugin(args) -> int:
+def cmd_plugin(args: argparse.Namespace) -> int:
     if args.plugin_command == "new":
         from .scaffold import new_plugin
 
@@ -355,7 +359,7 @@ def cmd_plugin(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_data(args) -> int:
+def cmd_data(args: argparse.Namespace) -> int:
     from .components import build_dataset
     from .plugins import get_registry
     from .store import atomic_write_json, ensure_writable
@@ -380,7 +384,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-def cmd_model(args) -> int:
+def cmd_model(args: argparse.Namespace) -> int:
     from .components import build_component, build_dataset, check_params
     from .model import save_state_dict
     from .plugins import get_registry, unknown_message
@@ -409,7 +413,7 @@ def cmd_model(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from .report.build import rerender
 
     written = rerender(args.run_dir, args.format)
@@ -419,7 +423,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     from . import gate
 
     tolerances = gate.Tolerances.parse(args.tolerance)  # a bad flag is reported before any file is read
@@ -430,7 +434,7 @@ def cmd_check(args) -> int:
     return gate.EXIT_REGRESSION if res["failed"] else gate.EXIT_OK
 
 
-def cmd_compare(args) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     from . import gate
     from .store import atomic_write_text
 
@@ -443,7 +447,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_baseline(args) -> int:
+def cmd_baseline(args: argparse.Namespace) -> int:
     import gzip
     import shutil
 

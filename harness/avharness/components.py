@@ -7,15 +7,21 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import PluginError, UserError
 from .plugins import Registry, guard, unknown_message
 from .suite import INJECTED, PluginSpec, Suite, _is, _line, _suggest, _typename, _Where
 from .weights import checkpoint_path
 
+if TYPE_CHECKING:
+    from .data import Dataset
 
-def check_params(w: _Where, spec: PluginSpec, factory) -> None:
+
+def check_params(w: _Where, spec: PluginSpec, factory: Callable[..., Any]) -> None:
     """Unknown, missing or mistyped plugin parameters, checked against the factory signature."""
     try:
         sig = inspect.signature(factory)
@@ -52,7 +58,7 @@ def check_params(w: _Where, spec: PluginSpec, factory) -> None:
             )
 
 
-def factory_hints(factory) -> dict:
+def factory_hints(factory: Callable[..., Any]) -> dict:
     """Type hints of a factory's parameters: a function's own, a class's ``__init__``'s."""
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
@@ -61,7 +67,7 @@ def factory_hints(factory) -> dict:
         return {}
 
 
-def type_check(hint):
+def type_check(hint: object) -> tuple[Callable[[Any], bool], str] | None:
     """A parameter annotation → (predicate, description) for values read from YAML, or None when the
     annotation is not one a suite value can be checked against (it is then not checked).
 
@@ -183,7 +189,7 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
     )
 
 
-def build_dataset(suite: Suite, registry: Registry):
+def build_dataset(suite: Suite, registry: Registry) -> Dataset:
     """The suite's dataset object (cheap: nothing is read yet)."""
     w = _Where(suite.path)
     spec = suite.data
@@ -202,7 +208,7 @@ def build_dataset(suite: Suite, registry: Registry):
     return build_component(w, spec, registry, **({"seed": suite.seed} if takes_seed else {}))
 
 
-def build_component(w_or_path, spec: PluginSpec, registry: Registry, **injected):
+def build_component(w_or_path: _Where | str | Path, spec: PluginSpec, registry: Registry, **injected: Any) -> Any:
     """Call a plugin factory. A ValueError/TypeError/UserError from it is the user's mistake (its
     parameters): a located UserError. Anything else it raises is a PluginError naming the plugin."""
     w = w_or_path if isinstance(w_or_path, _Where) else _Where(str(w_or_path))

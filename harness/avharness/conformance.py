@@ -25,12 +25,13 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .contracts import AttackOutput, Evidence, FitContext
+from .contracts import AttackOutput, Defense, Evidence, FitContext, Metric, ModelMetric
 from .data import Batch, InputSpec
 from .enforce import fit_facts, looks_like_probabilities, metric_values
 from .errors import PluginError, UserError
@@ -100,13 +101,14 @@ class SyntheticAV:
                 x[m] = (mid + half * 0.5 * torch.tanh(raw)).clamp(lo, hi)
             self._data[split] = (x, y)
 
-    def splits(self):
+    def splits(self) -> tuple[str, ...]:
         return ("train", "val", "test")
 
-    def size(self, split):
+    def size(self, split: str) -> int:
         return len(self._data[split][1])
 
-    def batches(self, split, batch_size, *, shuffle=None, limit=None):
+    def batches(self, split: str, batch_size: int, *, shuffle: torch.Generator | None = None,
+                limit: int | None = None) -> Iterator[Batch]:
         x, y = self._data[split]
         n = len(y) if limit is None else min(limit, len(y))
         order = torch.randperm(n, generator=shuffle) if shuffle is not None else torch.arange(n)
@@ -114,7 +116,7 @@ class SyntheticAV:
             idx = order[i:i + batch_size]
             yield Batch({m: v[idx] for m, v in x.items()}, y[idx], [f"{split}/{int(j)}" for j in idx])
 
-    def manifest(self, split):
+    def manifest(self, split: str) -> str:
         return f"synthetic-{split}-{self.size(split)}"
 
 
@@ -236,7 +238,7 @@ def _run(results, name, fn, refusal_ok=False):
     results.append(Check(name, bool(ok), detail))
 
 
-def check_model(build, task: Task, specs: dict[str, InputSpec]) -> list[Check]:
+def check_model(build: Callable[[], object], task: Task, specs: dict[str, InputSpec]) -> list[Check]:
     results: list[Check] = []
     torch.manual_seed(0)
     try:
@@ -436,7 +438,7 @@ def _effect(attack, perturb):
     raise UserError(f"refused every threat of the effectiveness check ({last_refusal})")
 
 
-def check_defense(defense) -> list[Check]:
+def check_defense(defense: Defense) -> list[Check]:
     """``fit`` on a tiny synthetic dataset: changes the model, returns the cost facts."""
     results: list[Check] = []
     data = SyntheticAV(n=32)
@@ -482,7 +484,7 @@ def check_defense(defense) -> list[Check]:
     return results
 
 
-def check_metric(metric) -> list[Check]:
+def check_metric(metric: Metric | ModelMetric) -> list[Check]:
     results: list[Check] = []
     directions = getattr(metric, "higher_is_better", None)
     ok_dirs = isinstance(directions, dict) and bool(directions) and all(

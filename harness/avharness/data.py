@@ -12,7 +12,7 @@ import torch
 from .task import Task
 
 
-def json_bound(x: float):
+def json_bound(x: float) -> float | str:
     """JSON has no infinity: an open end of a valid range is written as the string "inf"/"-inf"."""
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
@@ -56,7 +56,7 @@ class Batch:
     def __len__(self) -> int:
         return int(self.target.shape[0])
 
-    def to(self, device) -> Batch:
+    def to(self, device: torch.device | str) -> Batch:
         if torch.device(device).type == "cuda":  # page-locked host memory: the copy overlaps the GPU's work
             def move(v):
                 return v.to(device, non_blocking=True) if v.is_cuda else v.pin_memory().to(device, non_blocking=True)

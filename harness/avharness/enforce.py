@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import torch
 
 from .model import AVModel
 from .plugins import Entry, guard
+
+if TYPE_CHECKING:
+    from .task import Task
 
 
 def _shape(t) -> str:
@@ -44,7 +48,7 @@ def looks_like_probabilities(out: torch.Tensor, kind: str) -> str:
     return ""
 
 
-def probe_model(entry: Entry, model, task, inputs: dict[str, torch.Tensor], where: str) -> None:
+def probe_model(entry: Entry, model: object, task: Task, inputs: dict[str, torch.Tensor], where: str) -> None:
     """One forward pass on a real batch: an AVModel reading modalities the data has, returning finite
     logits of shape [B, num_classes] (not probabilities) without modifying its inputs."""
     if not isinstance(model, AVModel):
@@ -78,7 +82,7 @@ def probe_model(entry: Entry, model, task, inputs: dict[str, torch.Tensor], wher
                           where)
 
 
-def check_directions(entry: Entry, metric, where: str = "") -> dict[str, bool]:
+def check_directions(entry: Entry, metric: object, where: str = "") -> dict[str, bool]:
     """A metric declares ``higher_is_better``: a non-empty mapping of value name -> true/false."""
     d = getattr(metric, "higher_is_better", None)
     if not isinstance(d, dict) or not d or not all(isinstance(k, str) and isinstance(v, bool) for k, v in d.items()):
@@ -86,7 +90,7 @@ def check_directions(entry: Entry, metric, where: str = "") -> dict[str, bool]:
     return dict(d)
 
 
-def metric_values(entry: Entry, out, directions: dict[str, bool], where: str) -> dict[str, float]:
+def metric_values(entry: Entry, out: object, directions: dict[str, bool], where: str) -> dict[str, float]:
     """What ``compute`` returned, as floats: each a finite number or null/NaN, each with a direction."""
     if not isinstance(out, dict):
         raise entry.error(f"expected compute() to return a mapping of value name -> number, got {type(out).__name__}",
@@ -110,7 +114,7 @@ def metric_values(entry: Entry, out, directions: dict[str, bool], where: str) ->
     return values
 
 
-def fit_facts(entry: Entry, facts, where: str) -> dict:
+def fit_facts(entry: Entry, facts: object, where: str) -> dict:
     """What ``fit`` returned: a mapping with ``backward_samples`` (a count >= 0, the cost the findings
     compare defenses by); ``wall_s`` is measured by the harness when absent."""
     if facts is None:

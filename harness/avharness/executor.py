@@ -13,9 +13,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,8 +38,11 @@ from .report.records import CellRecord, make_cell
 from .seeding import SampleRNG, seed_everything
 from .store import Store, atomic_write_json, ensure_writable
 from .success import resolve_rule
-from .suite import Suite, _Where, sha256_json
+from .suite import PluginSpec, Suite, _Where, sha256_json
 from .weights import checkpoint_path, load_weights
+
+if TYPE_CHECKING:
+    from .task import Task
 
 
 @dataclass
@@ -53,11 +58,11 @@ class Trained:
     metrics: dict = field(default_factory=dict)
 
     @property
-    def spec(self):
+    def spec(self) -> PluginSpec:
         return self.unit.model
 
     @property
-    def defense(self):
+    def defense(self) -> PluginSpec:
         return self.unit.defense
 
     @property
@@ -92,7 +97,7 @@ class Stages:
         self.times: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str):
+    def __call__(self, name: str) -> Iterator[None]:
         t = time.perf_counter()
         try:
             yield
@@ -112,7 +117,7 @@ def run_suite(suite: Suite, out_dir: str | Path, device: str | None = None, limi
 
 
 def compile_for(suite: Suite, registry: Registry | None, device: str | None, limit: int | None,
-                executor: str | None, address: str | None, log=lambda msg: None) -> Plan:
+                executor: str | None, address: str | None, log: Callable[[str], None] = lambda msg: None) -> Plan:
     """The plan for the chosen executor: a Ray driver without CUDA probes models on its CPU."""
     if (executor or suite.executor) == "ray":
         from .ray_executor import driver_device, import_ray
@@ -209,7 +214,7 @@ class LocalExecutor:
         self.store.save_cell(pc.key, cell)
         return cell
 
-    def prior_state(self, plan: Plan, tr: Trained, pc: PlannedCell):
+    def prior_state(self, plan: Plan, tr: Trained, pc: PlannedCell) -> sweep.SweepState | None:
         """The broken samples of the sweep's previous step, recomputing that step if its state is gone."""
         prev = sweep.previous(plan, pc)
         if prev is None:
@@ -222,7 +227,8 @@ class LocalExecutor:
         self._states = {prev.key: state}  # one step back is all a sweep needs
         return state
 
-    def compute(self, plan: Plan, tr: Trained, pc: PlannedCell, prior=None) -> tuple[dict, bytes | None]:
+    def compute(self, plan: Plan, tr: Trained, pc: PlannedCell,
+                prior: sweep.SweepState | None = None) -> tuple[dict, bytes | None]:
         """A cell's result and (with ``eval.reuse_sweep``) the sweep state its next step carries."""
         ev_tr = self._eval_model(plan, tr)
         if tr.clean_logits is None:
@@ -250,7 +256,7 @@ class LocalExecutor:
         return tr._eval
 
 
-def eval_task(suite, task):
+def eval_task(suite: Suite, task: Task) -> Task:
     """The dataset's task with the suite's label threshold (a probability) as a logit."""
     if suite.threshold is None:
         return task

@@ -27,6 +27,7 @@ import fnmatch
 import gzip
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def _short(v) -> str:
     return s[:12] if len(s) == 64 else s
 
 
-def refuse_other_samples(a: Run, b: Run, what: str = "the baseline", keys=None) -> None:
+def refuse_other_samples(a: Run, b: Run, what: str = "the baseline", keys: Iterable[str] | None = None) -> None:
     ia, ib = sample_identity(a), sample_identity(b)
     diff = [f"{k} {_short(ia[k])} vs {what}'s {_short(ib[k])}" for k in (keys or ia)
             if ia[k] is not None and ib[k] is not None and ia[k] != ib[k]]

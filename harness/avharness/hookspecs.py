@@ -4,6 +4,11 @@ A plugin module (named by an entry point in group ``avharness``) implements any 
 ``@avharness.hookimpl``.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import pluggy
 
 hookspec = pluggy.HookspecMarker("avharness")
@@ -11,25 +16,25 @@ hookimpl = pluggy.HookimplMarker("avharness")
 
 
 @hookspec
-def register_datasets(register):
+def register_datasets(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """register("avdigits", factory) where factory(**params) returns a Dataset."""
 
 
 @hookspec
-def register_models(register):
+def register_models(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """register("late_fusion", factory) where factory(task=, specs=, **params) returns an AVModel."""
 
 
 @hookspec
-def register_attacks(register):
+def register_attacks(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """register("pgd", factory) where factory(**params) returns an Attack."""
 
 
 @hookspec
-def register_defenses(register):
+def register_defenses(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """register("standard", factory) where factory(**params) returns a Defense."""
 
 
 @hookspec
-def register_metrics(register):
+def register_metrics(register: Callable[[str, Callable[..., Any]], None]) -> None:
     """register("accuracy", factory) where factory(**params) returns a Metric."""

@@ -79,7 +79,7 @@ def save_model(model: nn.Module, spec: dict, folder: str | Path) -> None:
     atomic_write_json(folder / "model.json", spec)
 
 
-def load_model(folder: str | Path, map_location="cpu") -> AVModel:
+def load_model(folder: str | Path, map_location: str | torch.device = "cpu") -> AVModel:
     """Rebuild a trained model from a folder holding ``model.json`` and ``model.pt``."""
     folder = Path(folder)
     model = create_model(folder / "model.json")

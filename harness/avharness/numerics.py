@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from collections.abc import Iterator
 
 PORTABLE = {"MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
@@ -62,7 +63,7 @@ def train_threads() -> int:
 
 
 @contextlib.contextmanager
-def training_threads():
+def training_threads() -> Iterator[None]:
     """Run the block with ``train_threads()`` intra-op threads, restoring the previous count after."""
     import torch
 

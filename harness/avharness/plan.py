@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .components import build_component, check_plugins
-from .data import Dataset
+from .data import Batch, Dataset
 from .enforce import check_directions, probe_model
 from .errors import UserError
 from .model import AVModel
@@ -34,6 +35,9 @@ from .suite import PluginSpec, Suite, ThreatSpec, _Where, sha256_json
 from .sweep import reuse_identity
 from .threat import ThreatModel
 from .weights import checkpoint_path, file_sha256
+
+if TYPE_CHECKING:
+    from .store import Store
 
 #: bump when the meaning of a stored cell or checkpoint changes, so old ones are not reused
 STORE_FORMAT = 3
@@ -113,7 +117,7 @@ class Plan:
     def cells_of(self, unit: Unit) -> list[PlannedCell]:
         return [c for c in self.cells if c.unit is unit]
 
-    def describe(self, store=None) -> list[str]:
+    def describe(self, store: Store | None = None) -> list[str]:
         """Lines for ``avharness validate --plan``: units and cells, what the store already holds, skips."""
         have_units = {u.key for u in self.units if store is not None and store.has_model(u.key)}
         have_cells = {c.key for c in self.cells if store is not None and store.has_cell(c.key)}
@@ -286,7 +290,7 @@ def _cell_key(plan: Plan, unit: Unit, aspec: PluginSpec, threat: ThreatModel, re
     })[:20]
 
 
-def skip_reason(modalities, attack, tspec: ThreatSpec) -> str:
+def skip_reason(modalities: tuple[str, ...], attack: object, tspec: ThreatSpec) -> str:
     """Why this (model, attack, threat) combination has no cells, or ""."""
     missing = [m for m in tspec.modalities if m not in modalities]
     if missing:
@@ -304,7 +308,7 @@ def judge_rules(suite: Suite) -> dict:
     return {k: v for k, v in out.items() if v != defaults[k]}
 
 
-def check_batch(batch, dataset, plugin: str, entry: Entry | None = None) -> None:
+def check_batch(batch: Batch, dataset: Dataset, plugin: str, entry: Entry | None = None) -> None:
     """A dataset's batches must match its declared specs; say which modality and shape when not.
 
     With the dataset's registry ``entry`` a mismatch is a ``PluginError`` (exit 3) naming it."""

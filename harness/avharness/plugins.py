@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -124,7 +124,7 @@ def source_sha256(module_name: str) -> str | None:
     return digest
 
 
-def is_editable(dist: metadata.Distribution | None, module) -> bool:
+def is_editable(dist: metadata.Distribution | None, module: object) -> bool:
     """Installed from a working tree: pip's ``direct_url.json`` says ``dir_info.editable``, or the
     module's file lies outside any site-packages / dist-packages folder."""
     if dist is not None:
@@ -209,7 +209,7 @@ class Registry:
             raise UserError(f"{where}{unknown_message(kind, name, self.names(kind), self.failures)}")
         return self.entries[kind][name]
 
-    def get(self, kind: str, name: str, where: str = ""):
+    def get(self, kind: str, name: str, where: str = "") -> Callable[..., Any]:
         return self.entry(kind, name, where).factory
 
     def distributions(self) -> list[dict]:
@@ -231,7 +231,7 @@ class Registry:
         return sorted(seen.values(), key=lambda d: d["dist"])
 
 
-def unknown_message(kind: str, name: str, known: list[str], failures=()) -> str:
+def unknown_message(kind: str, name: str, known: list[str], failures: Iterable[tuple[str, str, str]] = ()) -> str:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     hint = f" — did you mean {close[0]!r}?" if close else ""
     broken = sorted({d for _, d, _ in failures})

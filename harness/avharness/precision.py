@@ -39,15 +39,15 @@ class Autocast(AVModel):
     def _cast(self):
         return torch.autocast(device_type=self._device_type, dtype=self._dtype)
 
-    def embed(self, inputs):
+    def embed(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with self._cast():
             return {k: v.float() for k, v in self.inner.embed(inputs).items()}
 
-    def head(self, latent):
+    def head(self, latent: torch.Tensor) -> torch.Tensor:
         with self._cast():
             return self.inner.head(latent).float()
 
-    def forward(self, inputs):
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         with self._cast():
             return self.inner(inputs).float()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -52,7 +53,7 @@ class Reporter:
         else:
             self.console.print(msg, highlight=False, markup=False)
 
-    def task(self, description: str, total: int):
+    def task(self, description: str, total: int) -> Callable[..., None]:
         """Start a bar (plain: a line when it completes); returns ``advance(n=1)``. The bar disappears when complete."""
         if not self.enabled:
             return lambda n=1: None

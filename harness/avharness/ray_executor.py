@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from . import sweep
 from .errors import NumericalError, UserError
@@ -47,12 +49,15 @@ from .report.checks import probe_model
 from .report.records import make_cell
 from .store import Store, atomic_write_bytes
 
+if TYPE_CHECKING:
+    from .executor import RunResult, Stages
+
 CHECKPOINT_FILES = ("model.pt", "model.json", "fit.json")  # fit.json last: it marks a checkpoint complete
 #: a worker process keeps the plan and the models of the run it last worked for
 _WORKER: dict = {}
 
 
-def import_ray():
+def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
@@ -163,7 +168,7 @@ def train_task(job: dict, unit_index: int) -> dict:
 
 
 @_wrap_errors(returns=2)
-def cell_task(job: dict, unit_index: int, cell_index: int, ckpt: dict, prior: bytes | None):
+def cell_task(job: dict, unit_index: int, cell_index: int, ckpt: dict, prior: bytes | None) -> tuple[dict, bytes | None]:
     from .executor import LocalExecutor
 
     plan, tr = _trained(job, unit_index, ckpt)
@@ -189,14 +194,15 @@ def model_metrics_task(job: dict, unit_index: int, ckpt: dict) -> dict:
 class RayExecutor:
     """Runs a plan's units and cells as Ray tasks; this process writes every result into the store."""
 
-    def __init__(self, store: Store, reporter: Reporter | None = None, stages=None, *, address: str | None = None,
-                 num_cpus: int | None = None, device: str | None = None, limit: int | None = None):
+    def __init__(self, store: Store, reporter: Reporter | None = None, stages: Stages | None = None, *,
+                 address: str | None = None, num_cpus: int | None = None, device: str | None = None,
+                 limit: int | None = None):
         from .executor import Stages
 
         self.store, self.reporter, self.stages = store, reporter or Reporter(enabled=False), stages or Stages()
         self.address, self.num_cpus, self.device, self.limit = address, num_cpus, device, limit
 
-    def run(self, plan: Plan, started: float | None = None):
+    def run(self, plan: Plan, started: float | None = None) -> RunResult:
         ray = import_ray()
         started = time.perf_counter() if started is None else started
         started_here = not ray.is_initialized()

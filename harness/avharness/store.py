@@ -21,8 +21,9 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
 
@@ -66,7 +67,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def json_safe(obj):
+def json_safe(obj: Any) -> Any:
     """NaN and inf become null: strict JSON has no NaN, and consumers in other languages choke on it."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -77,7 +78,7 @@ def json_safe(obj):
     return obj
 
 
-def atomic_write_json(path: str | Path, obj) -> None:
+def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
@@ -107,7 +108,7 @@ SAMPLE_FIELDS = {"id": lambda v: isinstance(v, (str, int)), "clean_correct": lam
                  "robust": lambda v: isinstance(v, bool)}
 
 
-def cell_problem(cell, key: str) -> str | None:
+def cell_problem(cell: Any, key: str) -> str | None:
     """Why a stored cell cannot be reused (one phrase), or None when it is whole."""
     if not isinstance(cell, dict):
         return f"holds {type(cell).__name__ if cell is not None else 'null'}, not a cell"
@@ -309,7 +310,7 @@ def _describe(info: dict) -> str:
 
 @contextlib.contextmanager
 def output_lock(folder: str | Path, *, wait: bool = False, force_unlock: bool = False, command: str = "",
-                log: Callable[[str], None] | None = None, poll_s: float = 1.0):
+                log: Callable[[str], None] | None = None, poll_s: float = 1.0) -> Iterator[Path]:
     """Hold ``folder/.avharness.lock`` (owner pid, host, start time) while the block runs.
 
     Another live run's lock is a UserError naming it (or, with ``wait``, is waited for). A lock whose

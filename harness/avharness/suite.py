@@ -12,12 +12,16 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
 from .success import MULTILABEL_RULES
 from .threat import NORMS, Budget, ThreatModel
 from .weights import check_key_map
 from .yamlload import LineDict, LineList, load_yaml, parse_yaml, plain
+
+if TYPE_CHECKING:
+    from .data import InputSpec
 
 SCHEMA = "avharness/suite@1"
 TOP_KEYS = {
@@ -74,7 +78,7 @@ class ThreatSpec:
     def steps(self) -> int:
         return len(next(iter(self.eps.values())))
 
-    def at(self, step: int, specs) -> ThreatModel:
+    def at(self, step: int, specs: dict[str, InputSpec]) -> ThreatModel:
         return ThreatModel(
             self.name, {m: Budget(self.norms[m], self.eps[m][step], tuple(specs[m].bounds)) for m in self.norms}
         )
@@ -115,7 +119,7 @@ class Suite:
         return sha256_json(self.resolved)
 
 
-def sha256_json(obj) -> str:
+def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
@@ -184,7 +188,7 @@ def parse_assignment(item: str, flag: str, example: str) -> tuple[str, object]:
     return key, parse_yaml(text, f"{flag} {key}")
 
 
-def apply_overrides(raw, overrides: list[str]):
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``key.path=value`` strings (value parsed as YAML) to the loaded suite, in place."""
     for item in overrides:
         keypath, value = parse_assignment(item, "--set", "eval.limit=100")
@@ -225,7 +229,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> Suite:
     return build_suite(raw, str(path), overrides or [])
 
 
-def build_suite(raw, path: str, overrides: list[str]) -> Suite:
+def build_suite(raw: Any, path: str, overrides: list[str]) -> Suite:
     """A validated Suite from loaded YAML: every error names the file, the line and the key path."""
     w = _Where(path)
     if raw is None:

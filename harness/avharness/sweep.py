@@ -35,14 +35,23 @@ cell's key is the one it always had, so stores written before this option existe
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .data import Batch
-from .store import atomic_write_bytes
+from .data import Batch, InputSpec
+from .store import Store, atomic_write_bytes
 from .success import outcome
 from .threat import ThreatModel
+
+if TYPE_CHECKING:
+    from .contracts import Evidence
+    from .plan import Plan, PlannedCell
+    from .suite import Suite, ThreatSpec
+    from .task import Task
 
 #: the per-sample statistics a cell keeps of each attacked modality's perturbation
 STAT_KEYS = ("linf", "l2", "signal_l2")
@@ -59,12 +68,12 @@ def nested(prev: ThreatModel, cur: ThreatModel) -> bool:
     return True
 
 
-def carries(attack) -> bool:
+def carries(attack: object) -> bool:
     """Attacks fitted once per threat (universal perturbations) do not carry samples between steps."""
     return not hasattr(attack, "prepare")
 
 
-def chain(tspec, step: int, specs, attack) -> list[ThreatModel]:
+def chain(tspec: ThreatSpec, step: int, specs: dict[str, InputSpec], attack: object) -> list[ThreatModel]:
     """The earlier steps of this sweep whose results reach ``step`` (each nested in the next), oldest first."""
     out: list[ThreatModel] = []
     if not carries(attack):
@@ -79,14 +88,14 @@ def chain(tspec, step: int, specs, attack) -> list[ThreatModel]:
     return out
 
 
-def reuse_identity(suite, tspec, step: int, specs, attack) -> dict | None:
+def reuse_identity(suite: Suite, tspec: ThreatSpec, step: int, specs: dict[str, InputSpec], attack: object) -> dict | None:
     """What the saving adds to a cell's store key (None when it is off)."""
     if not suite.reuse_sweep:
         return None
     return {"after": [t.canonical() for t in chain(tspec, step, specs, attack)]}
 
 
-def previous(plan, pc):
+def previous(plan: Plan, pc: PlannedCell) -> PlannedCell | None:
     """The planned cell of the step before ``pc`` whose broken samples ``pc`` carries, or None."""
     if not plan.suite.reuse_sweep or pc.step == 0 or not carries(pc.attack_impl):
         return None
@@ -116,15 +125,15 @@ class SweepState:
         return cls(d["ids"], d["adv_logits"], d["stats"])
 
 
-def state_path(store, key: str):
+def state_path(store: Store, key: str) -> Path:
     return store.root / "sweeps" / f"{key}.pt"
 
 
-def save_state(store, key: str, data: bytes) -> None:
+def save_state(store: Store, key: str, data: bytes) -> None:
     atomic_write_bytes(state_path(store, key), data)
 
 
-def load_state(store, key: str) -> SweepState | None:
+def load_state(store: Store, key: str) -> SweepState | None:
     path = state_path(store, key)
     if not path.exists():
         return None
@@ -194,12 +203,12 @@ def _take(pending: list[Batch], n: int) -> tuple[Batch, list[Batch]]:
 class SweepReuse:
     """One cell's share of the saving: what to skip, what to carry, and the state it leaves behind."""
 
-    def __init__(self, plan, pc, task, prior: SweepState | None):
+    def __init__(self, plan: Plan, pc: PlannedCell, task: Task, prior: SweepState | None):
         self.plan, self.pc, self.task, self.prior = plan, pc, task, prior
         self.state: SweepState | None = None
         self._carried = {sid: i for i, sid in enumerate(prior.ids)} if prior is not None else {}
 
-    def wrap(self, attack_batches):
+    def wrap(self, attack_batches: Callable[..., tuple]) -> Callable[..., tuple]:
         """``attack_batches`` (the executor's batch loop) run on the still-robust samples, results merged."""
 
         def run(plan, tr, pc, attack, task, reporter):
@@ -248,7 +257,7 @@ class SweepReuse:
 
         return run
 
-    def keep(self, ev) -> None:
+    def keep(self, ev: Evidence) -> None:
         """Remember this step's broken samples for the next step of the sweep."""
         broken = ev.success.nonzero().flatten()
         self.state = SweepState(

@@ -15,30 +15,38 @@ plugin and returns a list of ``Check(name, ok, detail)``; ``assert_passes`` rais
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from . import conformance
 from .conformance import SPECS, Check, SyntheticAV, reference_model
+
+if TYPE_CHECKING:
+    from .data import InputSpec
+    from .task import Task
 
 __all__ = ["Check", "SPECS", "SyntheticAV", "assert_passes", "check_attack", "check_dataset", "check_defense",
            "check_metric", "check_model", "failures", "reference_model"]
 
 
-def check_attack(factory, **params) -> list[Check]:
+def check_attack(factory: Callable[..., Any], **params: Any) -> list[Check]:
     return conformance.check_attack(factory(**params))
 
 
-def check_defense(factory, **params) -> list[Check]:
+def check_defense(factory: Callable[..., Any], **params: Any) -> list[Check]:
     return conformance.check_defense(factory(**params))
 
 
-def check_metric(factory, **params) -> list[Check]:
+def check_metric(factory: Callable[..., Any], **params: Any) -> list[Check]:
     return conformance.check_metric(factory(**params))
 
 
-def check_dataset(factory, **params) -> list[Check]:
+def check_dataset(factory: Callable[..., Any], **params: Any) -> list[Check]:
     return conformance.check_dataset(factory(**params))
 
 
-def check_model(factory, task=None, specs=None, **params) -> list[Check]:
+def check_model(factory: Callable[..., Any], task: Task | None = None, specs: dict[str, InputSpec] | None = None,
+                **params: Any) -> list[Check]:
     """``task`` and ``specs`` default to the synthetic task's (``SyntheticAV().task`` / ``.specs``)."""
     if task is None or specs is None:
         data = SyntheticAV(n=8)

@@ -18,11 +18,15 @@ import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .suite import PluginSpec, _Where
 
 
 def file_sha256(path: str | Path) -> str:
@@ -33,7 +37,7 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def checkpoint_path(w, mspec) -> Path:
+def checkpoint_path(w: _Where, mspec: PluginSpec) -> Path:
     """A suite model entry's checkpoint file (relative paths from the working directory); must exist."""
     path = Path(mspec.load["checkpoint"]).expanduser()
     if not path.is_file():
@@ -100,7 +104,7 @@ def _unwrap(obj, path: Path) -> dict:
     return dict(obj)
 
 
-def check_key_map(key_map) -> list[tuple[str, str | None]]:
+def check_key_map(key_map: object) -> list[tuple[str, str | None]]:
     if key_map is None:
         return []
     if not isinstance(key_map, Mapping):

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,7 @@ class LineDict(dict):
 
     line: int = 0
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any):
         super().__init__(*a, **kw)
         self.key_lines: dict = {}
 
@@ -33,7 +34,7 @@ class LineDict(dict):
 class LineList(list):
     line: int = 0
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any):
         super().__init__(*a, **kw)
         self.item_lines: list[int] = []
 
@@ -168,7 +169,7 @@ def _too_big(name: str, size: str, limits: Limits) -> UserError:
                      f"kB; is this the right file?); {ENV_HINT}MAX_BYTES if it really is a suite")
 
 
-def load_yaml(path: str | Path, limits: Limits | None = None):
+def load_yaml(path: str | Path, limits: Limits | None = None) -> Any:
     """Parse ``path`` safely; syntax errors become a one-line UserError with file and line."""
     path = Path(path)
     limits = limits or Limits.from_env()
@@ -230,7 +231,7 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> UserError:
     return UserError(f"{at(mark)}: YAML syntax error: {what}; fix the indentation or quoting there")
 
 
-def parse_yaml(text: str, name: str = "<string>", limits: Limits | None = None):
+def parse_yaml(text: str, name: str = "<string>", limits: Limits | None = None) -> Any:
     limits = limits or Limits.from_env()
     if len(text) > limits.max_bytes or len(text.encode("utf-8", "surrogatepass")) > limits.max_bytes:
         raise _too_big(name, f"{len(text.encode('utf-8', 'surrogatepass'))} bytes", limits)
@@ -257,7 +258,7 @@ def parse_yaml(text: str, name: str = "<string>", limits: Limits | None = None):
             loader.dispose()
 
 
-def plain(obj):
+def plain(obj: Any) -> Any:
     """Strip line bookkeeping: LineDict/LineList → dict/list, recursively."""
     if isinstance(obj, dict):
         return {k: plain(v) for k, v in obj.items()}

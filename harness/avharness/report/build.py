@@ -13,6 +13,7 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,10 +29,13 @@ from .markdown import render_markdown
 from .plots import samples_by_cell
 from .records import CellRecord, ModelRecord, per_class_drop, without_samples
 
+if TYPE_CHECKING:
+    from ..executor import RunResult
+
 SCHEMA = "avharness/report@1"
 
 
-def environment(device) -> dict:
+def environment(device: torch.device) -> dict:
     env = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -49,7 +53,7 @@ def environment(device) -> dict:
     return env
 
 
-def model_records(res) -> list[ModelRecord]:
+def model_records(res: RunResult) -> list[ModelRecord]:
     return [
         {
             "name": t.spec.name, "plugin": t.spec.plugin, "params": t.spec.params, "defense": t.defense.name,
@@ -77,7 +81,7 @@ def _data_section(res) -> dict:
     }
 
 
-def build_report(res, started: str) -> dict:
+def build_report(res: RunResult, started: str) -> dict:
     """The report as a dict (what report.json holds), from a finished run's records."""
     s = res.suite
     models = model_records(res)
@@ -111,7 +115,7 @@ def build_report(res, started: str) -> dict:
     }
 
 
-def predictions(res) -> list[dict]:
+def predictions(res: RunResult) -> list[dict]:
     """Spearman correlation of every per-class model metric with each class's robust-accuracy drop.
 
     The drop is taken at each (attack, threat)'s strongest budget, where attacks differ most. A
@@ -173,7 +177,8 @@ def read_samples(path: Path) -> dict[str, list[dict]]:
 FORMATS = {"md": ("md",), "html": ("html",), "all": ("md", "html")}
 
 
-def render(report: dict, samples: dict[str, list[dict]], out_dir: str | Path, formats=("md", "html")) -> list[Path]:
+def render(report: dict, samples: dict[str, list[dict]], out_dir: str | Path,
+           formats: tuple[str, ...] = ("md", "html")) -> list[Path]:
     """Write report.md and/or report.html (with ``plots/*.svg``) from a report as report.json holds it
     and its samples grouped by cell. Re-rendering the same report gives the same bytes."""
     from .html import write_html
@@ -203,7 +208,7 @@ def rerender(run_dir: str | Path, fmt: str = "all") -> list[Path]:
                         f"{exc}); was it written by another avharness version?") from None
 
 
-def write_report(res, out_dir: str | Path, started: str, extra_stages: dict | None = None) -> dict:
+def write_report(res: RunResult, out_dir: str | Path, started: str, extra_stages: dict | None = None) -> dict:
     out_dir = Path(out_dir)
     report = build_report(res, started)
     if extra_stages:

@@ -7,10 +7,16 @@ Each check has a status (pass / warn / fail), the measured value, the threshold 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..contracts import AttackStats
+
+if TYPE_CHECKING:
+    from ..data import Batch
+    from ..model import AVModel
+    from ..task import Task
 
 RISING, UNBROKEN = AttackStats.UNBROKEN_RISING_AT_END, AttackStats.UNBROKEN_AT_END
 
@@ -20,11 +26,12 @@ SLACK_SAMPLES = 1
 BUDGET_SLACK = 1e-5
 
 
-def check(name, status, value, threshold, doc, subject="") -> dict:
+def check(name: str, status: str, value: float | bool | None, threshold: float | bool, doc: str,
+          subject: str = "") -> dict:
     return {"name": name, "subject": subject, "status": status, "value": value, "threshold": threshold, "doc": doc}
 
 
-def probe_model(model, task, batch) -> dict:
+def probe_model(model: AVModel, task: Task, batch: Batch) -> dict:
     """Two forward passes must agree; input gradients must be finite and not all zero."""
     model.eval()
     with torch.no_grad():

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import matplotlib
@@ -487,7 +487,7 @@ def inline_svg(document: str, prefix: str) -> str:
     return re.sub(r'(\bid="|href="#|url\(#)([^")]+)([")])', fix, body)
 
 
-def samples_by_cell(lines) -> dict[str, list[dict]]:
+def samples_by_cell(lines: Iterable[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for x in lines:
         out.setdefault(x["cell"], []).append(x)
