@@ -309,15 +309,30 @@ EFFECT_THREATS = ((("audio", "video"), "linf", 0.2), (("audio", "video"), "l2", 
 EFFECT_N = 32
 
 
-def check_attack(attack, task: Task | None = None) -> list[Check]:
+def check_attack(attack: object, task: Task | None = None) -> list[Check]:
     """Contract and effectiveness checks of an attack object (see the module docstring)."""
     results: list[Check] = []
     task = task or Task("multiclass", tuple("abcd"))
     specs = SPECS
     torch.manual_seed(0)
     model = _Reference(task, specs).eval()
-    x, y = _inputs(specs, 1), _target(task)
-    ids = [f"s{i}" for i in range(N)]
+    x = _inputs(specs, 1)
+    perturb = _attack_runner(attack, task, specs, model, x, _target(task), [f"s{i}" for i in range(N)])
+    _run(results, "eps = 0 is a no-op", lambda: _zero_is_noop(perturb, x, specs))
+    for norm, eps in (("linf", {"audio": 0.1, "video": 0.05}), ("l2", {"audio": 0.5, "video": 0.3})):
+        for scope in (("audio",), ("video",), ("audio", "video")):
+            _run(results, f"budget and range hold ({norm}, {'+'.join(scope)})",
+                 lambda norm=norm, eps=eps, scope=scope: _budget_holds(perturb, x, specs, norm, eps, scope),
+                 refusal_ok=True)
+    _run(results, "seeded reproducibility", lambda: _seeded(perturb, specs))
+    _run(results, "actually attacks", lambda: _effect(attack, perturb))
+    return results
+
+
+def _attack_runner(attack: object, task: Task, specs: dict, model: nn.Module, x: dict, y: torch.Tensor,
+                   ids: list[str]) -> Callable[..., dict]:
+    """``perturb(threat, key=...)``: one call of the attack (prepared first when it has ``prepare``) on a
+    fixed batch, checking that it returns a dict of inputs and leaves its input tensors alone."""
 
     def perturb(threat, key="k", model=model, x=x, y=y, ids=ids, data=None):
         snap = {m: v.clone() for m, v in x.items()}
@@ -331,54 +346,50 @@ def check_attack(attack, task: Task | None = None) -> list[Check]:
             raise AssertionError("the attack modified its input tensors")
         return out
 
-    def zero():
-        t = ThreatModel("zero", {m: Budget("linf", 0.0, specs[m].bounds) for m in specs})
-        out = perturb(t)
-        return all(torch.equal(out[m], x[m]) for m in x), "eps = 0 leaves every input bit-identical"
+    return perturb
 
-    _run(results, "eps = 0 is a no-op", zero)
 
-    for norm, eps in (("linf", {"audio": 0.1, "video": 0.05}), ("l2", {"audio": 0.5, "video": 0.3})):
-        for scope in (("audio",), ("video",), ("audio", "video")):
+def _zero_is_noop(perturb: Callable[..., dict], x: dict, specs: dict) -> tuple[bool, str]:
+    t = ThreatModel("zero", {m: Budget("linf", 0.0, specs[m].bounds) for m in specs})
+    out = perturb(t)
+    return all(torch.equal(out[m], x[m]) for m in x), "eps = 0 leaves every input bit-identical"
 
-            def budget(norm=norm, eps=eps, scope=scope):
-                t = ThreatModel("t", {m: Budget(norm, eps[m], specs[m].bounds) for m in scope})
-                out = perturb(t)
-                worst = []
-                for m in x:
-                    if m not in out or not isinstance(out[m], torch.Tensor) or out[m].shape != x[m].shape:
-                        return False, f"returned no {m!r} of shape {tuple(x[m].shape)}"
-                    if m not in scope:
-                        if not torch.equal(out[m], x[m]):
-                            return False, f"changed unattacked modality {m!r}"
-                        continue
-                    if not bool(torch.isfinite(out[m]).all()):
-                        return False, f"{m}: output contains NaN or inf"
-                    d = (out[m] - x[m]).flatten(1)
-                    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
-                    lo, hi = specs[m].bounds
-                    if (size > eps[m] * (1 + 1e-5) + 1e-6).any():
-                        return False, f"{m}: {norm} size {float(size.max()):.4g} > eps {eps[m]}"
-                    if out[m].min() < lo or out[m].max() > hi:
-                        return False, f"{m}: values [{float(out[m].min()):.4g}, {float(out[m].max()):.4g}] outside {[lo, hi]}"
-                    worst.append(f"{m} {float(size.max()):.3g}/{eps[m]}")
-                return True, ", ".join(worst)
 
-            _run(results, f"budget and range hold ({norm}, {'+'.join(scope)})", budget, refusal_ok=True)
+def _budget_holds(perturb: Callable[..., dict], x: dict, specs: dict, norm: str, eps: dict[str, float],
+                  scope: tuple[str, ...]) -> tuple[bool, str]:
+    """Every attacked modality within its ε (after clipping) and its range; the others untouched."""
+    t = ThreatModel("t", {m: Budget(norm, eps[m], specs[m].bounds) for m in scope})
+    out = perturb(t)
+    worst = []
+    for m in x:
+        if m not in out or not isinstance(out[m], torch.Tensor) or out[m].shape != x[m].shape:
+            return False, f"returned no {m!r} of shape {tuple(x[m].shape)}"
+        if m not in scope:
+            if not torch.equal(out[m], x[m]):
+                return False, f"changed unattacked modality {m!r}"
+            continue
+        if not bool(torch.isfinite(out[m]).all()):
+            return False, f"{m}: output contains NaN or inf"
+        d = (out[m] - x[m]).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        lo, hi = specs[m].bounds
+        if (size > eps[m] * (1 + 1e-5) + 1e-6).any():
+            return False, f"{m}: {norm} size {float(size.max()):.4g} > eps {eps[m]}"
+        if out[m].min() < lo or out[m].max() > hi:
+            return False, f"{m}: values [{float(out[m].min()):.4g}, {float(out[m].max()):.4g}] outside {[lo, hi]}"
+        worst.append(f"{m} {float(size.max()):.3g}/{eps[m]}")
+    return True, ", ".join(worst)
 
-    def seeded():
-        for norm, eps in (("linf", 0.1), ("l2", 0.5)):  # the first single-modality threat it accepts
-            t = ThreatModel("t", {"audio": Budget(norm, eps, specs["audio"].bounds)})
-            try:
-                a = perturb(t)
-            except UserError:
-                continue
-            return torch.equal(a["audio"], perturb(t)["audio"]), f"same seed twice ({norm}), identical output"
-        return False, "refused every single-modality threat"
 
-    _run(results, "seeded reproducibility", seeded)
-    _run(results, "actually attacks", lambda: _effect(attack, perturb))
-    return results
+def _seeded(perturb: Callable[..., dict], specs: dict) -> tuple[bool, str]:
+    for norm, eps in (("linf", 0.1), ("l2", 0.5)):  # the first single-modality threat it accepts
+        t = ThreatModel("t", {"audio": Budget(norm, eps, specs["audio"].bounds)})
+        try:
+            a = perturb(t)
+        except UserError:
+            continue
+        return torch.equal(a["audio"], perturb(t)["audio"]), f"same seed twice ({norm}), identical output"
+    return False, "refused every single-modality threat"
 
 
 class _Fixed:
@@ -529,7 +540,7 @@ def check_metric(metric: Metric | ModelMetric) -> list[Check]:
     return results
 
 
-def check_dataset(ds) -> list[Check]:
+def check_dataset(ds: object) -> list[Check]:
     results: list[Check] = []
     limit = 64
     _run(results, "task and specs", lambda: (
@@ -540,57 +551,12 @@ def check_dataset(ds) -> list[Check]:
     except Exception as exc:
         results.append(Check("splits", False, f"{type(exc).__name__}: {exc}"))
         return results
-    seen: dict[str, list[str]] = {}
-
-    def read(split):
-        ids, xs = [], []
-        for b in ds.batches(split, 16, limit=limit):
-            ids.extend(b.ids)
-            xs.append((b.target.clone(), {m: v.clone() for m, v in b.inputs.items()}))
-        return ids, xs
-
+    seen: dict[str, list[str]] = {}  # split -> its ids, filled by _stable_split for the disjointness check
     for split in splits:
-
-        def specs_match(split=split):
-            n = 0
-            for b in ds.batches(split, 16, limit=limit):
-                for m, s in ds.specs.items():
-                    x = b.inputs.get(m)
-                    if x is None:
-                        return False, f"batch lacks declared modality {m!r}"
-                    if tuple(x.shape[1:]) != tuple(s.shape):
-                        return False, f"{m!r}: per-sample shape {tuple(x.shape[1:])}, spec {tuple(s.shape)}"
-                    lo, hi = s.bounds
-                    if x.numel() and (float(x.min()) < lo or float(x.max()) > hi):
-                        return False, f"{m!r}: values outside the spec's bounds {[lo, hi]}"
-                if len(b.ids) != len(b) or len(b.target) != len(b):
-                    return False, f"{len(b.ids)} ids, {len(b.target)} targets for {len(b)} samples"
-                n += len(b)
-            return n > 0, f"{n} samples read" if n else "no batches"
-
-        _run(results, f"batches match the specs ({split})", specs_match)
-
-        def stable(split=split):
-            a_ids, a = read(split)
-            b_ids, b = read(split)
-            seen[split] = a_ids
-            if len(set(a_ids)) != len(a_ids):
-                return False, "sample ids repeat within the split"
-            if a_ids != b_ids:
-                return False, "two passes gave different ids or a different order"
-            same = all(torch.equal(ta, tb) and all(torch.equal(xa[m], xb[m]) for m in xa)
-                       for (ta, xa), (tb, xb) in zip(a, b))
-            return same, "ids unique, same ids, order and tensors in two passes" if same else "two passes differ in content"
-
-        _run(results, f"ids unique and stable, order deterministic ({split})", stable)
-
-    def disjoint():
-        ids = {s: set(v) for s, v in seen.items()}
-        clash = [(a, b) for i, a in enumerate(ids) for b in list(ids)[i + 1:] if ids[a] & ids[b]]
-        return not clash, ("splits share sample ids: " + ", ".join(f"{a}/{b}" for a, b in clash)) if clash \
-            else f"no shared ids among {', '.join(ids)}"
-
-    _run(results, "splits disjoint", disjoint)
+        _run(results, f"batches match the specs ({split})", lambda split=split: _batches_match_specs(ds, split, limit))
+        _run(results, f"ids unique and stable, order deterministic ({split})",
+             lambda split=split: _stable_split(ds, split, limit, seen))
+    _run(results, "splits disjoint", lambda: _disjoint(seen))
 
     def manifest():
         a = [ds.manifest(s) for s in splits]
@@ -598,3 +564,51 @@ def check_dataset(ds) -> list[Check]:
 
     _run(results, "manifest deterministic", manifest)
     return results
+
+
+def _batches_match_specs(ds: object, split: str, limit: int) -> tuple[bool, str]:
+    n = 0
+    for b in ds.batches(split, 16, limit=limit):
+        for m, s in ds.specs.items():
+            x = b.inputs.get(m)
+            if x is None:
+                return False, f"batch lacks declared modality {m!r}"
+            if tuple(x.shape[1:]) != tuple(s.shape):
+                return False, f"{m!r}: per-sample shape {tuple(x.shape[1:])}, spec {tuple(s.shape)}"
+            lo, hi = s.bounds
+            if x.numel() and (float(x.min()) < lo or float(x.max()) > hi):
+                return False, f"{m!r}: values outside the spec's bounds {[lo, hi]}"
+        if len(b.ids) != len(b) or len(b.target) != len(b):
+            return False, f"{len(b.ids)} ids, {len(b.target)} targets for {len(b)} samples"
+        n += len(b)
+    return n > 0, f"{n} samples read" if n else "no batches"
+
+
+def _read_split(ds: object, split: str, limit: int) -> tuple[list[str], list[tuple]]:
+    ids, xs = [], []
+    for b in ds.batches(split, 16, limit=limit):
+        ids.extend(b.ids)
+        xs.append((b.target.clone(), {m: v.clone() for m, v in b.inputs.items()}))
+    return ids, xs
+
+
+def _stable_split(ds: object, split: str, limit: int, seen: dict[str, list[str]]) -> tuple[bool, str]:
+    a_ids, a = _read_split(ds, split, limit)
+    b_ids, b = _read_split(ds, split, limit)
+    seen[split] = a_ids
+    if len(set(a_ids)) != len(a_ids):
+        return False, "sample ids repeat within the split"
+    if a_ids != b_ids:
+        return False, "two passes gave different ids or a different order"
+    same = all(torch.equal(ta, tb) and all(torch.equal(xa[m], xb[m]) for m in xa)
+               for (ta, xa), (tb, xb) in zip(a, b))
+    return same, "ids unique, same ids, order and tensors in two passes" if same else "two passes differ in content"
+
+
+def _disjoint(seen: dict[str, list[str]]) -> tuple[bool, str]:
+    ids = {s: set(v) for s, v in seen.items()}
+    clash = [(a, b) for i, a in enumerate(ids) for b in list(ids)[i + 1:] if ids[a] & ids[b]]
+    return not clash, ("splits share sample ids: " + ", ".join(f"{a}/{b}" for a, b in clash)) if clash \
+        else f"no shared ids among {', '.join(ids)}"
+
+
