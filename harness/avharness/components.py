@@ -127,52 +127,15 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
     that every threat names modalities the dataset has.
     """
     w = _Where(suite.path)
-    kinds = [(suite.data, "dataset")] + [
-        (s, s.kind) for s in suite.models + suite.defenses + suite.attacks + suite.metrics
-    ]
-    for spec, kind in kinds:
-        if not registry.has(kind, spec.plugin):
-            raise w.error(
-                f"{spec.where}.plugin",
-                spec.lines.get("plugin", spec.lines[""]),
-                unknown_message(kind, spec.plugin, registry.names(kind), registry.failures),
-            )
-        factory = registry.get(
-            kind, spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}"
-        )
-        check_params(w, spec, factory)
+    _resolve_names(w, suite, registry)
     dataset = build_dataset(suite, registry)
-    if suite.success != "default" and dataset.task.kind != "multilabel":
-        raise w.error(
-            "eval.success",
-            _line(suite.raw.get("eval") or {}, "success") if suite.raw else 0,
-            f"success rule {suite.success!r} is for multi-label tasks; dataset {suite.data.plugin!r} is "
-            f"{dataset.task.kind}, whose attacks succeed by turning a correct prediction wrong (use default)",
-        )
-    if suite.threshold is not None and dataset.task.kind != "multilabel":
-        raise w.error(
-            "eval.threshold",
-            _line(suite.raw.get("eval") or {}, "threshold") if suite.raw else 0,
-            f"a label threshold only applies to multi-label tasks; dataset {suite.data.plugin!r} is {dataset.task.kind}",
-        )
+    _check_task_options(w, suite, dataset)
     for m in suite.models:
         if m.load:
             checkpoint_path(w, m)
     built_defenses = [(d, build_component(w, d, registry)) for d in suite.defenses]
     for d, defense in built_defenses:
-        unloaded = [(i, m) for i, m in enumerate(suite.models) if not m.load]
-        if not getattr(defense, "trains", True) and unloaded:
-            names = ", ".join(f"{m.name!r} ({m.where})" for _, m in unloaded)
-            sets = " ".join(
-                f"--set models.{i}.checkpoint=/path/to/{m.name}.pt" for i, m in unloaded
-            )
-            raise w.error(
-                f"{d.where}",
-                d.lines[""],
-                f"defense {d.name!r} evaluates models as loaded, without training, "
-                f"but {names} {'has' if len(unloaded) == 1 else 'have'} no checkpoint: give "
-                f"{'it' if len(unloaded) == 1 else 'them'} with {sets} (or train with defense standard)",
-            )
+        _check_untrained_defense(w, suite, d, defense)
     for t in suite.threats:
         for m in t.modalities:
             if m not in dataset.specs:
@@ -187,6 +150,58 @@ def check_plugins(suite: Suite, registry: Registry) -> Components:
         built_defenses,
         [(m, build_component(w, m, registry)) for m in suite.metrics],
     )
+
+
+def _resolve_names(w: _Where, suite: Suite, registry: Registry) -> None:
+    """Every plugin name known, every parameter one its factory takes (with the right type)."""
+    kinds = [(suite.data, "dataset")] + [
+        (s, s.kind) for s in suite.models + suite.defenses + suite.attacks + suite.metrics
+    ]
+    for spec, kind in kinds:
+        if not registry.has(kind, spec.plugin):
+            raise w.error(
+                f"{spec.where}.plugin",
+                spec.lines.get("plugin", spec.lines[""]),
+                unknown_message(kind, spec.plugin, registry.names(kind), registry.failures),
+            )
+        factory = registry.get(
+            kind, spec.plugin, where=f"{suite.path}:{spec.lines.get('plugin', spec.lines[''])}"
+        )
+        check_params(w, spec, factory)
+
+
+def _check_task_options(w: _Where, suite: Suite, dataset: Dataset) -> None:
+    """``eval.success`` and ``eval.threshold`` only apply to multi-label tasks."""
+    if suite.success != "default" and dataset.task.kind != "multilabel":
+        raise w.error(
+            "eval.success",
+            _line(suite.raw.get("eval") or {}, "success") if suite.raw else 0,
+            f"success rule {suite.success!r} is for multi-label tasks; dataset {suite.data.plugin!r} is "
+            f"{dataset.task.kind}, whose attacks succeed by turning a correct prediction wrong (use default)",
+        )
+    if suite.threshold is not None and dataset.task.kind != "multilabel":
+        raise w.error(
+            "eval.threshold",
+            _line(suite.raw.get("eval") or {}, "threshold") if suite.raw else 0,
+            f"a label threshold only applies to multi-label tasks; dataset {suite.data.plugin!r} is {dataset.task.kind}",
+        )
+
+
+def _check_untrained_defense(w: _Where, suite: Suite, d: PluginSpec, defense: object) -> None:
+    """A defense that does not train (evaluates models as loaded) needs every model to have a checkpoint."""
+    unloaded = [(i, m) for i, m in enumerate(suite.models) if not m.load]
+    if not getattr(defense, "trains", True) and unloaded:
+        names = ", ".join(f"{m.name!r} ({m.where})" for _, m in unloaded)
+        sets = " ".join(
+            f"--set models.{i}.checkpoint=/path/to/{m.name}.pt" for i, m in unloaded
+        )
+        raise w.error(
+            f"{d.where}",
+            d.lines[""],
+            f"defense {d.name!r} evaluates models as loaded, without training, "
+            f"but {names} {'has' if len(unloaded) == 1 else 'have'} no checkpoint: give "
+            f"{'it' if len(unloaded) == 1 else 'them'} with {sets} (or train with defense standard)",
+        )
 
 
 def build_dataset(suite: Suite, registry: Registry) -> Dataset:
