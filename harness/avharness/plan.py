@@ -17,13 +17,14 @@ provenance out: a plugin upgrade recomputes, but with the same seed.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .components import build_component, check_plugins
+from .components import Components, build_component, check_plugins
 from .data import Batch, Dataset
 from .enforce import check_directions, probe_model
 from .errors import UserError
@@ -138,26 +139,15 @@ class Plan:
 
 
 def compile_plan(suite: Suite, registry: Registry | None = None, device: str | None = None,
-                 limit: int | None = None, log=lambda msg: None) -> Plan:
+                 limit: int | None = None, log: Callable[[str], None] = lambda msg: None) -> Plan:
     """Every plugin built, every key computed and every suite error raised; nothing trained or attacked."""
     w = _Where(suite.path)
     registry = registry or get_registry()
     parts = check_plugins(suite, registry)
     dataset = parts.dataset
     dev = resolve_device(device or suite.device)
-    if suite.eval_split not in dataset.splits():
-        raise w.error("eval.split", 0,
-                      f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
+    manifests = _check_dataset(w, suite, registry, dataset)
     dentry = registry.entry("dataset", suite.data.plugin)
-    # a dataset that builds or caches itself does so here, with the training thread count (numerics.py)
-    with guard(dentry, "the plan", "manifest()"), training_threads():
-        manifests = {s: dataset.manifest(s) for s in dataset.splits()}
-    for split in dataset.splits():  # before any training: a malformed dataset is a clear error
-        with guard(dentry, f"the plan (split {split!r})", "batches()"):
-            first = next(iter(dataset.batches(split, 2)), None)
-        if first is None:
-            raise dentry.error(f"expected split {split!r} to yield at least one batch, got none", "the plan")
-        check_batch(first, dataset, suite.data.plugin, dentry)
     with guard(dentry, "the plan", "size()"):
         n_original = dataset.size(suite.eval_split)
     limit = limit if limit is not None else suite.limit
@@ -168,6 +158,37 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
     plan = Plan(suite, registry, dataset, dev, eval_n, n_original, manifests,
                 metrics=[(m, x) for m, x in parts.metrics if getattr(x, "scope", "cell") != "model"],
                 model_metrics=[(m, x) for m, x in parts.metrics if getattr(x, "scope", "cell") == "model"])
+    _read_declarations(plan, parts)
+    for mspec in suite.models:
+        _plan_model(w, plan, parts, mspec, _model_modalities(w, mspec, registry, dataset, probe))
+    _check_coverage(w, plan)
+    log(f"plan: {len(plan.units)} training units, {len(plan.cells)} cells, {len(plan.skipped)} skipped; "
+        f"{eval_n} samples of {suite.data.plugin} split {suite.eval_split!r}")
+    return plan
+
+
+def _check_dataset(w: _Where, suite: Suite, registry: Registry, dataset: Dataset) -> dict[str, str]:
+    """The evaluated split exists and every split yields a well-formed first batch; returns the
+    manifests (a dataset that builds or caches itself does so here, with the training thread count:
+    numerics.py)."""
+    if suite.eval_split not in dataset.splits():
+        raise w.error("eval.split", 0,
+                      f"dataset {suite.data.plugin!r} has no split {suite.eval_split!r}; it has: {', '.join(dataset.splits())}")
+    dentry = registry.entry("dataset", suite.data.plugin)
+    with guard(dentry, "the plan", "manifest()"), training_threads():
+        manifests = {s: dataset.manifest(s) for s in dataset.splits()}
+    for split in dataset.splits():  # before any training: a malformed dataset is a clear error
+        with guard(dentry, f"the plan (split {split!r})", "batches()"):
+            first = next(iter(dataset.batches(split, 2)), None)
+        if first is None:
+            raise dentry.error(f"expected split {split!r} to yield at least one batch, got none", "the plan")
+        check_batch(first, dataset, suite.data.plugin, dentry)
+    return manifests
+
+
+def _read_declarations(plan: Plan, parts: Components) -> None:
+    """What the attacks and metrics declare (iterative, gradient-free, directions, headline values)."""
+    suite, registry = plan.suite, plan.registry
     plan.iterative = {a.name: getattr(attack, "iterative", None) for a, attack in parts.attacks}
     plan.gradient_free = {a.name: bool(getattr(attack, "gradient_free", False)) for a, attack in parts.attacks}
     for mspec, metric in parts.metrics:
@@ -177,27 +198,25 @@ def compile_plan(suite: Suite, registry: Registry | None = None, device: str | N
         for kind, value in (getattr(metric, "headline", None) or {}).items():
             plan.headline.setdefault(kind, value)
 
-    for mspec in suite.models:
-        modalities = _model_modalities(w, mspec, registry, dataset, probe)
-        for dspec, defense in parts.defenses:
-            unit = _unit(w, suite, mspec, dspec, defense, manifests, modalities, registry)
-            plan.units.append(unit)
-            for aspec, attack in parts.attacks:
-                for tspec in suite.threats:
-                    reason = skip_reason(modalities, attack, tspec)
-                    if reason:
-                        plan.skipped.append({"model": mspec.name, "defense": dspec.name, "attack": aspec.name,
-                                             "threat": tspec.name, "reason": reason})
-                        continue
-                    for step in range(tspec.steps):
-                        threat = tspec.at(step, dataset.specs)
-                        reuse = reuse_identity(suite, tspec, step, dataset.specs, attack)
-                        plan.cells.append(PlannedCell(unit, aspec, attack, tspec, step, threat,
-                                                      _cell_key(plan, unit, aspec, threat, reuse)))
-    _check_coverage(w, plan)
-    log(f"plan: {len(plan.units)} training units, {len(plan.cells)} cells, {len(plan.skipped)} skipped; "
-        f"{eval_n} samples of {suite.data.plugin} split {suite.eval_split!r}")
-    return plan
+
+def _plan_model(w: _Where, plan: Plan, parts: Components, mspec: PluginSpec, modalities: tuple[str, ...]) -> None:
+    """One training unit per defense, and its cells: every attack × threat × step the model can face."""
+    suite, dataset = plan.suite, plan.dataset
+    for dspec, defense in parts.defenses:
+        unit = _unit(w, suite, mspec, dspec, defense, plan.manifests, modalities, plan.registry)
+        plan.units.append(unit)
+        for aspec, attack in parts.attacks:
+            for tspec in suite.threats:
+                reason = skip_reason(modalities, attack, tspec)
+                if reason:
+                    plan.skipped.append({"model": mspec.name, "defense": dspec.name, "attack": aspec.name,
+                                         "threat": tspec.name, "reason": reason})
+                    continue
+                for step in range(tspec.steps):
+                    threat = tspec.at(step, dataset.specs)
+                    reuse = reuse_identity(suite, tspec, step, dataset.specs, attack)
+                    plan.cells.append(PlannedCell(unit, aspec, attack, tspec, step, threat,
+                                                  _cell_key(plan, unit, aspec, threat, reuse)))
 
 
 def _check_coverage(w: _Where, plan: Plan) -> None:
