@@ -93,11 +93,7 @@ class APGD:
             clean_logits = model(inputs)
             check_finite(self.name, clean_logits)
         goal = Goal(task, self.goal, self.margin, clean_logits, target)
-        if self.loss == "dlr_targeted":
-            goal.refuse_targets(self.name)
-            runs = [(k, r) for k in range(1, min(self.targets, goal.max_targets) + 1) for r in range(self.restarts)]
-        else:
-            runs = [(None, r) for r in range(self.restarts)]
+        runs = self._runs(goal)
 
         dev = target.device
         best = {m: clean[m].clone() for m in attacked}
@@ -132,12 +128,14 @@ class APGD:
         for m in attacked:
             out[m] = best[m]
         unbroken = attackable & ~wrong
-        total = at_end - first
-        late = at_end - at_mark
-        rising = unbroken & (total > 1e-6) & (late > 0.1 * total)
-        stats = {"forward_samples": float(batch) + passes, "backward_samples": passes,
-                 AttackStats.UNBROKEN_RISING_AT_END: float(rising.sum()), AttackStats.UNBROKEN_AT_END: float(unbroken.sum())}
-        return AttackOutput(out, stats)
+        return AttackOutput(out, _stats(batch, passes, unbroken, first, at_mark, at_end))
+
+    def _runs(self, goal: Goal) -> list[tuple[int | None, int]]:
+        """(target rank or None, restart) of every run: restarts per target class for the targeted DLR loss."""
+        if self.loss == "dlr_targeted":
+            goal.refuse_targets(self.name)
+            return [(k, r) for k in range(1, min(self.targets, goal.max_targets) + 1) for r in range(self.restarts)]
+        return [(None, r) for r in range(self.restarts)]
 
     # Long on purpose: one APGD run is Algorithm 1 of Croce & Hein (2020) kept in one piece, so it reads
     # against the paper; its per-sample state (step sizes, momentum point, checkpoint counters, best
@@ -225,6 +223,17 @@ class APGD:
             raise NumericalError(f"{self.name}: the model's loss was NaN or inf on some inputs; check the model for "
                                  "overflow (its logits must be finite inside the input bounds)")
         return x_best, loss_best, x_adv, broke, (first, at_mark, loss_best)
+
+
+def _stats(batch: int, passes: float, unbroken: torch.Tensor, first: torch.Tensor, at_mark: torch.Tensor,
+           at_end: torch.Tensor) -> dict[str, float]:
+    """Cost, and convergence evidence: an unbroken sample whose loss still rose by over a tenth of its
+    total gain after the last checkpoint mark (80% of the steps) may need more steps."""
+    total = at_end - first
+    late = at_end - at_mark
+    rising = unbroken & (total > 1e-6) & (late > 0.1 * total)
+    return {"forward_samples": float(batch) + passes, "backward_samples": passes,
+            AttackStats.UNBROKEN_RISING_AT_END: float(rising.sum()), AttackStats.UNBROKEN_AT_END: float(unbroken.sum())}
 
 
 def build_apgd(loss: str = "ce", steps: int = 100, restarts: int = 1, targets: int = 9, rho: float = 0.75,

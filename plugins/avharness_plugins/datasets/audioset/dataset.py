@@ -360,6 +360,48 @@ class _H5:
         return {"path": self.path, "group_name": self.group_name, "_file": None, "_pid": None}
 
 
+def _hdf5_shapes(path: Path, group: str, split: str, video: bool) -> dict[str, tuple[list[int], str]]:
+    """Shape and dtype of each dataset the seed layout needs in ``path:group`` (read without loading data)."""
+    import h5py
+
+    where = f"{path}:{group}" if group != "/" else str(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if group != "/" and group not in f:
+                raise UserError(f"dataset {NAME!r}: {path} has no group {group!r} (splits.{split}); "
+                                f"its top-level keys: {', '.join(sorted(f.keys())[:8])}")
+            g = f if group == "/" else f[group]
+            need = ["feat_a", "labels"] + (["feat_v"] if video else [])
+            lacking = [k for k in need if k not in g or not isinstance(g[k], h5py.Dataset)]
+            if lacking:
+                hint = " (video: features needs feat_v; set video: none for audio only)" if "feat_v" in lacking else ""
+                raise UserError(f"dataset {NAME!r}: {where} lacks the dataset(s) {', '.join(lacking)}{hint}; "
+                                "the seed layout holds feat_a [N,T,F], labels [N,527] and optionally feat_v")
+            keys = need + (["ids"] if "ids" in g else [])
+            return {k: (list(g[k].shape), str(g[k].dtype)) for k in keys}
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"dataset {NAME!r}: cannot read {path} as HDF5 ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file (splits.{split})") from None
+
+
+def _check_hdf5_shapes(sh: dict[str, tuple[list[int], str]], where: str, label_map: LabelMap, label_path: Path) -> None:
+    """One row per clip in every dataset, feat_a [N, T, F] with N > 0, labels [N, classes]."""
+    n = sh["feat_a"][0][0]
+    for k, (shape, _) in sh.items():
+        if not shape or shape[0] != n:
+            raise UserError(f"dataset {NAME!r}: {where}: {k} has {shape[0] if shape else 0} rows but feat_a "
+                            f"has {n}; every dataset must hold one row per clip")
+    if len(sh["feat_a"][0]) < 2:
+        raise UserError(f"dataset {NAME!r}: {where}: feat_a has shape {sh['feat_a'][0]}; expected [N, T, F]")
+    if sh["labels"][0][1:] != [len(label_map)]:
+        raise UserError(f"dataset {NAME!r}: {where}: labels has shape {sh['labels'][0]} but the class list "
+                        f"{label_path} has {len(label_map)} classes; use the matching class_labels_indices.csv")
+    if n == 0:
+        raise UserError(f"dataset {NAME!r}: {where} holds no clips (feat_a has 0 rows)")
+
+
 class AudioSetHDF5:
     """The seed's HDF5 layout: precomputed ``feat_a``, optional ``feat_v``, ``labels`` (see module docstring)."""
 
@@ -368,46 +410,14 @@ class AudioSetHDF5:
 
     def __init__(self, root: Path, label_map: LabelMap, label_path: Path, files: dict[str, tuple[Path, str]],
                  video: bool, audio_bounds, video_bounds):
-        import h5py
-
         self.root, self.labels, self.label_path, self.files = root, label_map, label_path, files
         self.task = Task("multilabel", label_map.names)
         self._shapes: dict[str, dict[str, tuple[list[int], str]]] = {}
         shapes_a, shapes_v = {}, {}
         for split, (path, group) in files.items():
             where = f"{path}:{group}" if group != "/" else str(path)
-            try:
-                with h5py.File(path, "r") as f:
-                    if group != "/" and group not in f:
-                        raise UserError(f"dataset {NAME!r}: {path} has no group {group!r} (splits.{split}); "
-                                        f"its top-level keys: {', '.join(sorted(f.keys())[:8])}")
-                    g = f if group == "/" else f[group]
-                    need = ["feat_a", "labels"] + (["feat_v"] if video else [])
-                    lacking = [k for k in need if k not in g or not isinstance(g[k], h5py.Dataset)]
-                    if lacking:
-                        hint = " (video: features needs feat_v; set video: none for audio only)" if "feat_v" in lacking else ""
-                        raise UserError(f"dataset {NAME!r}: {where} lacks the dataset(s) {', '.join(lacking)}{hint}; "
-                                        "the seed layout holds feat_a [N,T,F], labels [N,527] and optionally feat_v")
-                    keys = need + (["ids"] if "ids" in g else [])
-                    self._shapes[split] = {k: (list(g[k].shape), str(g[k].dtype)) for k in keys}
-            except UserError:
-                raise
-            except Exception as exc:
-                raise UserError(f"dataset {NAME!r}: cannot read {path} as HDF5 ({type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file (splits.{split})") from None
-            sh = self._shapes[split]
-            n = sh["feat_a"][0][0]
-            for k, (shape, _) in sh.items():
-                if not shape or shape[0] != n:
-                    raise UserError(f"dataset {NAME!r}: {where}: {k} has {shape[0] if shape else 0} rows but feat_a "
-                                    f"has {n}; every dataset must hold one row per clip")
-            if len(sh["feat_a"][0]) < 2:
-                raise UserError(f"dataset {NAME!r}: {where}: feat_a has shape {sh['feat_a'][0]}; expected [N, T, F]")
-            if sh["labels"][0][1:] != [len(label_map)]:
-                raise UserError(f"dataset {NAME!r}: {where}: labels has shape {sh['labels'][0]} but the class list "
-                                f"{label_path} has {len(label_map)} classes; use the matching class_labels_indices.csv")
-            if n == 0:
-                raise UserError(f"dataset {NAME!r}: {where} holds no clips (feat_a has 0 rows)")
+            self._shapes[split] = sh = _hdf5_shapes(path, group, split, video)
+            _check_hdf5_shapes(sh, where, label_map, label_path)
             shapes_a[split] = tuple(sh["feat_a"][0][1:])
             if video:
                 shapes_v[split] = tuple(sh["feat_v"][0][1:])
