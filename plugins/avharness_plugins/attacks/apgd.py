@@ -35,7 +35,7 @@ import torch
 
 from avharness import AttackOutput, AttackStats, NumericalError, SampleRNG, UserError
 
-from .goals import LOSSES, Goal, check_finite, check_goal, check_int
+from .goals import LOSSES, Goal, ball_budgets, check_finite, check_goal, check_int
 from .pgd import _direction, _l2, _per_sample
 
 
@@ -78,16 +78,11 @@ class APGD:
                 f"rho={self.rho:g}, eot_iter={self.eot_iter}, goal={self.goal!r})")
 
     def perturb(self, model, inputs, target, threat, task, rng):
-        attacked = threat.attacked(inputs, self.name)
-        if any(threat.budgets[m].norm == "none" for m in attacked):
-            raise UserError(f"{self.name}: threat {threat.name!r} is unbounded (norm none); APGD needs an eps-ball")
+        budgets = ball_budgets(self.name, threat, inputs, target, rng, "APGD needs an eps-ball")
         out = dict(inputs)
-        if not attacked:
+        if not budgets:
             return out
-        batch = int(target.shape[0])
-        if len(rng.ids) != batch:
-            raise ValueError(f"{self.name}: SampleRNG has {len(rng.ids)} ids for a batch of {batch}")
-        budgets = {m: threat.budgets[m] for m in attacked}
+        attacked, batch = list(budgets), int(target.shape[0])
         clean = {m: inputs[m].detach() for m in attacked}
         with torch.no_grad():
             clean_logits = model(inputs)

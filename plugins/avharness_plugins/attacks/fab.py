@@ -32,7 +32,7 @@ import torch
 
 from avharness import AttackOutput, NumericalError, SampleRNG, UserError
 
-from .goals import Goal, check_finite, check_goal, check_int
+from .goals import Goal, ball_budgets, check_finite, check_goal, check_int
 
 BISECT = 40
 
@@ -95,21 +95,15 @@ class FAB:
         return len({threat.budgets[m].norm for m in attacked}) <= 1 and self.goal != "ap_drop"
 
     def perturb(self, model, inputs, target, threat, task, rng):
-        attacked = threat.attacked(inputs, self.name)
-        norms = {threat.budgets[m].norm for m in attacked}
-        if "none" in norms:
-            raise UserError(f"{self.name}: threat {threat.name!r} is unbounded (norm none); FAB needs an eps-ball")
+        budgets = ball_budgets(self.name, threat, inputs, target, rng, "FAB needs an eps-ball")
+        norms = {b.norm for b in budgets.values()}
         if len(norms) > 1:
             raise UserError(f"{self.name}: threat {threat.name!r} mixes linf and l2 modalities; FAB minimises one norm "
                             "(use apgd or square for mixed threats)")
         out = dict(inputs)
-        if not attacked:
+        if not budgets:
             return out
-        norm = norms.pop()
-        batch = int(target.shape[0])
-        if len(rng.ids) != batch:
-            raise ValueError(f"{self.name}: SampleRNG has {len(rng.ids)} ids for a batch of {batch}")
-        budgets = {m: threat.budgets[m] for m in attacked}
+        attacked, batch, norm = list(budgets), int(target.shape[0]), norms.pop()
         with torch.no_grad():
             clean_logits = model(inputs)
             check_finite(self.name, clean_logits)

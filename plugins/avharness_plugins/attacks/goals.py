@@ -56,6 +56,21 @@ def check_finite(attack: str, logits: torch.Tensor) -> None:
                              "overflow (its logits must be finite inside the input bounds)")
 
 
+def ball_budgets(attack: str, threat, inputs: dict, target: torch.Tensor, rng, why: str) -> dict:
+    """The budgets of the modalities ``attack`` perturbs, in the threat's order (empty: nothing to do).
+
+    The common start of every eps-ball attack: an unbounded budget (norm none) is refused with the
+    attack's own ``why``, and the sample RNG must hold one id per sample of the batch.
+    """
+    attacked = threat.attacked(inputs, attack)
+    if any(threat.budgets[m].norm == "none" for m in attacked):
+        raise UserError(f"{attack}: threat {threat.name!r} is unbounded (norm none); {why}")
+    batch = int(target.shape[0])
+    if attacked and len(rng.ids) != batch:
+        raise ValueError(f"{attack}: SampleRNG has {len(rng.ids)} ids for a batch of {batch}")
+    return {m: threat.budgets[m] for m in attacked}
+
+
 def _sorted_desc(z: torch.Tensor) -> torch.Tensor:
     return z.sort(dim=1, descending=True)[0]
 

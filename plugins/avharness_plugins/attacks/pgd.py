@@ -38,6 +38,8 @@ import torch
 
 from avharness import AttackOutput, AttackStats, NumericalError, UserError
 
+from .goals import ball_budgets
+
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast a [B] tensor against a [B, ...] tensor."""
@@ -179,18 +181,12 @@ class GradientAttack:
         return stats
 
     def perturb(self, model, inputs, target, threat, task, rng):
-        attacked = threat.attacked(inputs, self.name)
-        if any(threat.budgets[m].norm == "none" for m in attacked):
-            raise UserError(f"{self.name}: threat {threat.name!r} is unbounded (norm none); gradient attacks need an "
-                            "eps-ball (use a corruption such as gaussian_noise for unbounded threats)")
+        budgets = ball_budgets(self.name, threat, inputs, target, rng, "gradient attacks need an eps-ball (use a "
+                               "corruption such as gaussian_noise for unbounded threats)")
         out = dict(inputs)
-        if not attacked:
+        if not budgets:
             return out
-        batch = int(target.shape[0])
-        if len(rng.ids) != batch:
-            raise ValueError(f"{self.name}: SampleRNG has {len(rng.ids)} ids for a batch of {batch}")
-
-        budgets = {m: threat.budgets[m] for m in attacked}
+        attacked, batch = list(budgets), int(target.shape[0])
         clean = {m: inputs[m].detach() for m in attacked}
         alpha = {m: self.step_size * budgets[m].eps for m in attacked}
         kept = (None, None, None)  # per sample: the worst point so far, its loss, whether it is misclassified

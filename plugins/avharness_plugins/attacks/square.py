@@ -29,7 +29,7 @@ import torch
 
 from avharness import AttackOutput, NumericalError, SampleRNG, UserError
 
-from .goals import Goal, check_finite, check_goal, check_int
+from .goals import Goal, ball_budgets, check_finite, check_goal, check_int
 from .pgd import _per_sample
 
 BLOCK = 500  # queries whose random numbers are drawn at once per sample
@@ -121,16 +121,11 @@ class Square:
         return f"Square(n_queries={self.n_queries}, p_init={self.p_init:g}, restarts={self.restarts}, goal={self.goal!r})"
 
     def perturb(self, model, inputs, target, threat, task, rng):
-        attacked = threat.attacked(inputs, self.name)
-        if any(threat.budgets[m].norm == "none" for m in attacked):
-            raise UserError(f"{self.name}: threat {threat.name!r} is unbounded (norm none); Square needs an eps-ball")
+        budgets = ball_budgets(self.name, threat, inputs, target, rng, "Square needs an eps-ball")
         out = dict(inputs)
-        if not attacked:
+        if not budgets:
             return out
-        batch = int(target.shape[0])
-        if len(rng.ids) != batch:
-            raise ValueError(f"{self.name}: SampleRNG has {len(rng.ids)} ids for a batch of {batch}")
-        budgets = {m: threat.budgets[m] for m in attacked}
+        attacked, batch = list(budgets), int(target.shape[0])
         with torch.no_grad():
             clean_logits = model(inputs)
             check_finite(self.name, clean_logits)
