@@ -103,3 +103,11 @@ def test_nothing_cites_notes_outside_the_repository(pattern):
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in texts
             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(pattern, line)]
     assert not hits, f"references to documents a user's clone does not have: {hits}"
+
+
+def test_architecture_doc_names_every_module():
+    """docs/architecture.md is the map of the tree: a module it does not name is one a reader cannot find."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    unnamed = [str(p.relative_to(ROOT)) for p in _python_files(CORE, BUILTINS)
+               if p.name != "__init__.py" and f"`{p.name}`" not in text]
+    assert not unnamed, f"add these to docs/architecture.md: {unnamed}"
