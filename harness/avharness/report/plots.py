@@ -143,10 +143,32 @@ def _threat_axis(report: dict, cells: list[dict]) -> dict:
     return {
         "x": dict(zip(steps, xs if numeric else range(len(steps)))),
         "ticks": xs if numeric else list(range(len(steps))),
-        "ticklabels": labels,
+        "ticklabels": _spaced(xs, labels) if numeric else labels,
         # one line per modality: a joint threat's label would not fit one axis width
         "label": ("" if numeric else "sweep step: ") + "\n".join(parts),
     }
+
+
+#: the least gap between two labelled ticks, as a share of the axis span (labels of 6-7 characters at
+#: fontsize 7 on a panel about 2 inches wide)
+MIN_LABEL_GAP = 0.08
+
+
+def _spaced(xs: list[float], labels: list[str]) -> list[str]:
+    """The tick labels with those too close to a labelled neighbour left blank (small eps such as 0.01
+    and 0.02 on an axis up to 0.3 would print as "0.010.02"); the first and last keep theirs."""
+    span = (xs[-1] - xs[0]) or 1.0
+    out = list(labels)
+    last = 0
+    for i in range(1, len(xs)):
+        if (xs[i] - xs[last]) / span >= MIN_LABEL_GAP:
+            last = i
+        elif i == len(xs) - 1:  # the largest eps always reads; its crowded neighbour gives way
+            out[last] = "" if last else out[last]
+            last = i
+        else:
+            out[i] = ""
+    return out
 
 
 def _series(report: dict, cells: list[dict], key: str) -> dict:
