@@ -28,18 +28,10 @@ from importlib import resources
 from pathlib import Path
 
 from avharness import Task, UserError
-from avharness_plugins.datasets.clips.dataset import (
-    AudioFrontEnd,
-    Candidate,
-    ClipDataset,
-    DecodedEmbedded,
-    DecodedFrames,
-    VideoSource,
-    choice,
-    default_workers,
-    positive,
-    resolve,
-)
+from avharness_plugins.datasets.clips.audio import AudioFrontEnd
+from avharness_plugins.datasets.clips.dataset import Candidate, ClipDataset
+from avharness_plugins.datasets.clips.params import choice, default_workers, positive, resolve
+from avharness_plugins.datasets.clips.video import DecodedEmbedded, DecodedFrames, VideoSource
 
 NAME = "kinetics_sounds"
 OWNER = f"dataset {NAME!r}"  # how messages name this plugin

@@ -18,7 +18,7 @@ Layouts (``layout``; ``auto`` picks it from the split files' extensions, or else
 Labels come from ``class_labels_indices.csv`` (``labels``, default ``root/class_labels_indices.csv``);
 the task is multilabel over its display names. Audio for the clip layouts: ``logmel64`` or
 ``fbank128`` computed per batch, or ``waveform`` (the model applies the pipeline itself; see
-``datasets.clips.dataset.AudioFrontEnd``). Video (``video``): ``none``; ``features`` -- per-clip ``<id>.npy``
+``datasets.clips.audio.AudioFrontEnd``). Video (``video``): ``none``; ``features`` -- per-clip ``<id>.npy``
 [seconds, dim] in ``video_features`` (default ``root/video_features``) or the HDF5 ``feat_v``;
 ``decode`` -- clips in ``video_clips`` (default ``root/video``; ``.mp4``/``.mkv``/``.webm`` named by
 YTID) decoded at 1 fps and embedded by a frozen torchvision ResNet whose weights the user gives as
@@ -49,23 +49,11 @@ import torch
 from avharness import Batch, InputSpec, Task, UserError
 from avharness.weights import file_sha256
 from avharness_plugins.datasets.audioset.meta import LabelMap, find_clips, read_labels, read_manifest, read_segments
-from avharness_plugins.datasets.clips.dataset import (
-    FORMAT_VERSION,
-    INF,
-    AudioFrontEnd,
-    Candidate,
-    ClipDataset,
-    DecodedEmbedded,
-    NpyFeatures,
-    VideoSource,
-    _count,
-    bounds_param,
-    choice,
-    default_workers,
-    positive,
-    resolve,
-)
+from avharness_plugins.datasets.clips.audio import AudioFrontEnd
+from avharness_plugins.datasets.clips.dataset import FORMAT_VERSION, Candidate, ClipDataset, _count
 from avharness_plugins.datasets.clips.decode import AUDIO_EXTS, CONTAINER_EXTS
+from avharness_plugins.datasets.clips.params import INF, bounds_param, choice, default_workers, positive, resolve
+from avharness_plugins.datasets.clips.video import DecodedEmbedded, NpyFeatures, VideoSource
 
 NAME = "audioset"
 OWNER = f"dataset {NAME!r}"  # how messages name this plugin

@@ -1,1 +1,2 @@
-"""Clip datasets: decoding (``decode``), the frozen video backbone and the shared clip loader (``dataset``)."""
+"""Clip datasets: decoding (``decode``), the frozen video backbone (``video_backbone``), the parameter checks
+(``params``), the audio front end (``audio``), the video sources (``video``) and the shared clip loader (``dataset``)."""
