@@ -86,59 +86,66 @@ def bare_pgd(model, inputs, target, eps, bounds, steps, alpha, norm):
     return {m: a.detach() for m, a in adv.items()}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_args(description: str, steps: int) -> argparse.ArgumentParser:
+    """The flags every attack-speed benchmark takes (bench_apgd.py adds its own)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--norm", choices=["linf", "l2"], default="linf")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = p.parse_args(argv)
+    return p
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.device, BenchModel, Task, dict, list[str]]:
+    """Device, the seeded model, its task, a random batch inside BOUNDS and its sample ids."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-
     torch.manual_seed(0)
     model = BenchModel().to(device).eval()
     task = Task("multiclass", tuple(f"c{i}" for i in range(10)))
     inputs = {m: (torch.rand(args.batch, *s) * (BOUNDS[m][1] - BOUNDS[m][0]) + BOUNDS[m][0]).to(device)
               for m, s in SHAPES.items()}
+    return device, model, task, inputs, [f"s{i}" for i in range(args.batch)]
+
+
+def interleaved(first, second, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of two callables, after one warm-up each, alternating which runs first."""
+
+    def timed(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    timed(first), timed(second)  # warm-up
+    a, b = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            a.append(timed(first))
+            b.append(timed(second))
+        else:
+            b.append(timed(second))
+            a.append(timed(first))
+    return statistics.median(a), statistics.median(b)
+
+
+def main(argv=None):
+    args = bench_args(__doc__.splitlines()[0], steps=10).parse_args(argv)
+    device, model, task, inputs, ids = setup(args)
     target = torch.randint(0, 10, (args.batch,)).to(device)
-    ids = [f"s{i}" for i in range(args.batch)]
     eps = {"linf": {"audio": 0.5, "video": 8 / 255}, "l2": {"audio": 5.0, "video": 2.0}}[args.norm]
     threat = ThreatModel("bench", {m: Budget(args.norm, eps[m], BOUNDS[m]) for m in SHAPES})
     attack = build_pgd(steps=args.steps)
     alpha = {m: attack.step_size * eps[m] for m in SHAPES}
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def time_bare():
-        sync()
-        t = time.perf_counter()
-        bare_pgd(model, inputs, target, eps, BOUNDS, args.steps, alpha, args.norm)
-        sync()
-        return time.perf_counter() - t
-
-    def time_avh():
-        sync()
-        t = time.perf_counter()
-        attack.perturb(model, inputs, target, threat, task, SampleRNG(0, "bench", ids))
-        sync()
-        return time.perf_counter() - t
-
-    time_bare(), time_avh()  # warm-up
-    bare, avh = [], []
-    for r in range(args.repeats):
-        if r % 2 == 0:
-            bare.append(time_bare())
-            avh.append(time_avh())
-        else:
-            avh.append(time_avh())
-            bare.append(time_bare())
-    mb, ma = statistics.median(bare), statistics.median(avh)
+    mb, ma = interleaved(lambda: bare_pgd(model, inputs, target, eps, BOUNDS, args.steps, alpha, args.norm),
+                         lambda: attack.perturb(model, inputs, target, threat, task, SampleRNG(0, "bench", ids)),
+                         args.repeats, device)
     print(f"device={device} threads={torch.get_num_threads()} batch={args.batch} steps={args.steps} "
           f"norm={args.norm} repeats={args.repeats}")
     print(f"bare torch PGD : median {mb * 1e3:8.1f} ms  ({mb / args.steps * 1e3:.1f} ms/step)")
